@@ -1,0 +1,1 @@
+//! placeholder (the lead is writing the trainer)
