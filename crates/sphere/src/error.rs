@@ -4,7 +4,9 @@
 #[derive(Debug, thiserror::Error)]
 pub enum SphereError {
     /// Two vectors (or the feature dimensions of two tensors) that must have the same length do not.
-    #[error("{op}: dimension mismatch, {left} vs {right}; pass vectors of the same ambient dimension n")]
+    #[error(
+        "{op}: dimension mismatch, {left} vs {right}; pass vectors of the same ambient dimension n"
+    )]
     DimensionMismatch {
         /// The operation that was called.
         op: &'static str,
