@@ -179,7 +179,15 @@ mod tests {
 
     #[test]
     fn source_rejects_malformed() {
-        for bad in ["", "Digits", "mnist", "mnist:", "text:", "digits:x", "imagenet:/d"] {
+        for bad in [
+            "",
+            "Digits",
+            "mnist",
+            "mnist:",
+            "text:",
+            "digits:x",
+            "imagenet:/d",
+        ] {
             let err = bad.parse::<DataSource>().unwrap_err();
             assert!(matches!(err, DataError::BadSource { .. }), "{bad}: {err}");
             assert!(err.to_string().contains("mnist:DIR"), "{err}");
