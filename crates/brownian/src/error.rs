@@ -135,6 +135,9 @@ pub enum BrownianError {
         /// Most negative eigenvalue found.
         value: f64,
     },
+    /// An error from the sphere geometry (`bmt-sphere`).
+    #[error(transparent)]
+    Sphere(#[from] bmt_sphere::SphereError),
     /// An error from Candle while reading a tensor.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

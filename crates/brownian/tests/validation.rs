@@ -1,0 +1,318 @@
+//! Statistical validation of every estimator on synthetic processes with known answers
+//! (MATH §3). Fixed seeds; each tolerance is derived from the estimator's standard error at the
+//! chosen sizes, and where the SE is not known in closed form the test measures it (bootstrap or
+//! replicate spread) and asserts that the tolerance is at least 4 of them.
+
+use bmt_brownian::increments::{autocorrelation, drift_decomposition, normality};
+use bmt_brownian::simulate::{
+    brownian_motion, drift_diffusion, fractional_brownian_motion, geodesic_random_walk,
+    geodesic_walk_effective_diffusion, uniform_on_sphere, FgnSampler,
+};
+use bmt_brownian::{
+    analyse, dfa, diffusion_coefficient, ito_drift, msd_exponent, AnalysisConfig, BrownianError,
+    DfaConfig, Geometry, LagWindow, MsdKind, Trajectories,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Exp};
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// D in Rⁿ from lag-1 MSD. D̂ = mean‖ΔX‖²/(2nΔt) averages N = M(T−1)n independent squared
+/// N(0, 2DΔt) coordinates: each is 2DΔt·χ²₁ with relative sd √2, so SE(D̂)/D = √(2/N).
+/// With M = 64, T = 128: n = 3 → N = 24 384, SE = 0.91%, and the 5% tolerance is 5.5 SE
+/// (larger n only shrink it).
+#[test]
+fn diffusion_coefficient_in_rn() {
+    let (d, dt, m, t) = (0.3, 0.5, 64, 128);
+    for (i, n) in [3usize, 16, 64].into_iter().enumerate() {
+        let traj = brownian_motion(m, t, n, d, dt, &mut rng(10 + i as u64)).unwrap();
+        let se = (2.0 / (m * (t - 1) * n) as f64).sqrt();
+        assert!(0.05 > 5.0 * se);
+        let d_hat = diffusion_coefficient(&traj, 1, dt, None).unwrap();
+        assert!((d_hat / d - 1.0).abs() < 0.05, "n = {n}: D̂ = {d_hat}");
+    }
+}
+
+/// D on S^(n−1)(r), r = √n, from lag-1 mean cosine. A geodesic step has θ² = (2DΔt/r²)χ²_k
+/// (k = n − 1), so 1 − cos θ ≈ θ²/2 has mean kx and sd x√(2k) (x = DΔt/r²), and
+/// −ln(mean cos) has relative SE √(2/(kN)) over N = M(T−1) independent steps (isotropy makes the
+/// step lengths i.i.d.). With M = 128, T = 128: k = 2 → SE = 0.78%, so 5% is 6.4 SE. The expected
+/// value is the exact D_eff = −r² ln ₁F₁(k/2; 1/2; −x)/(kΔt), which differs from D by
+/// (k−1)x/3 ≤ 1.1% at x = 5e-4: both comparisons hold within 5%.
+#[test]
+fn diffusion_coefficient_on_the_sphere() {
+    let (m, t, dt) = (128, 128, 0.1);
+    for (i, n) in [3usize, 16, 64].into_iter().enumerate() {
+        let r = (n as f64).sqrt();
+        let d = 5e-4 * r * r / dt;
+        let traj = geodesic_random_walk(m, t, n, r, d, dt, &mut rng(20 + i as u64)).unwrap();
+        let d_eff = geodesic_walk_effective_diffusion(n, r, d, dt).unwrap();
+        let se = (2.0 / ((n - 1) * m * (t - 1)) as f64).sqrt();
+        assert!(0.05 > 6.0 * se);
+        let d_hat = diffusion_coefficient(&traj, 1, dt, None).unwrap();
+        assert!((d_hat / d_eff - 1.0).abs() < 0.05, "n = {n}: {d_hat} vs {d_eff}");
+        assert!((d_hat / d - 1.0).abs() < 0.05, "n = {n}: {d_hat} vs {d}");
+        // The geodesic MSD of the same walk grows like 2(n−1)Dτ at short lags: α ≈ 1.
+        let short = LagWindow {
+            min: 1,
+            max: Some(8),
+            max_points: 8,
+        };
+        let e = msd_exponent(&traj, MsdKind::Geodesic, &short, 0, 0.95, &mut rng(0)).unwrap();
+        assert!((e.alpha - 1.0).abs() < 0.05, "n = {n}: α = {}", e.alpha);
+    }
+}
+
+/// With a large D the walk mixes: the chordal MSD saturates at 2r² (MATH §3), so its α over long
+/// lags is far below 1, while at short lags it is diffusive. This is the documented trap, checked.
+#[test]
+fn chordal_msd_saturates_at_two_r_squared() {
+    let (n, r, dt) = (8usize, 2.0, 1.0);
+    let d = 0.05 * r * r / (n - 1) as f64; // (n−1)Dτ/r² = 0.05 τ: mixed after ~60 steps
+    let traj = geodesic_random_walk(64, 512, n, r, d, dt, &mut rng(5)).unwrap();
+    let long = msd_exponent(
+        &traj,
+        MsdKind::Chordal,
+        &LagWindow::default(),
+        0,
+        0.95,
+        &mut rng(0),
+    )
+    .unwrap();
+    let plateau = long.curve.last().unwrap().1;
+    // Plateau value 2r² = 8: MSD per member at lag 128 averages ~384 weakly dependent chords of
+    // variance ≤ (4r²)²; over 64 members SE < 16/√(64·384/100) ≈ 0.1 (100 = a generous
+    // decorrelation length in steps), so ±0.8 is > 8 SE.
+    assert!((plateau - 2.0 * r * r).abs() < 0.8, "plateau {plateau}");
+    assert!(long.alpha < 0.6, "α = {}", long.alpha);
+    let short = LagWindow {
+        min: 1,
+        max: Some(4),
+        max_points: 4,
+    };
+    let s = msd_exponent(&traj, MsdKind::Chordal, &short, 0, 0.95, &mut rng(0)).unwrap();
+    assert!((s.alpha - 1.0).abs() < 0.1, "short-lag α = {}", s.alpha);
+}
+
+/// α from log MSD on log τ (τ ≤ T/4). The SE of α has no simple closed form (overlapping
+/// time averages), so the test uses the bootstrap over members: the 95% percentile interval spans
+/// ≈ 3.92 SE, and we require SE ≤ 0.0125 so that the ±0.05 tolerance is ≥ 4 SE; the truth must also
+/// lie inside the bootstrap interval widened by its own half-width (≈ 4 SE).
+fn check_alpha(traj: &Trajectories, truth: f64, seed: u64) {
+    let e = msd_exponent(
+        traj,
+        MsdKind::Euclidean,
+        &LagWindow::default(),
+        300,
+        0.95,
+        &mut rng(seed),
+    )
+    .unwrap();
+    let (lo, hi) = e.alpha_ci.unwrap();
+    let se = (hi - lo) / 3.92;
+    assert!(se <= 0.0125, "bootstrap SE {se} too large for the tolerance");
+    assert!((e.alpha - truth).abs() < 0.05, "α = {} vs {truth}", e.alpha);
+    assert!(lo - (hi - lo) / 2.0 < truth && truth < hi + (hi - lo) / 2.0);
+}
+
+#[test]
+fn alpha_of_brownian_motion() {
+    let traj = brownian_motion(64, 1024, 3, 1.0, 1.0, &mut rng(30)).unwrap();
+    check_alpha(&traj, 1.0, 31);
+}
+
+#[test]
+fn alpha_of_fractional_brownian_motion() {
+    for (i, h) in [0.3, 0.7].into_iter().enumerate() {
+        let traj = fractional_brownian_motion(64, 1024, 3, h, 1.0, &mut rng(40 + i as u64)).unwrap();
+        check_alpha(&traj, 2.0 * h, 41 + i as u64);
+    }
+}
+
+/// DFA-1 on fractional Gaussian noise. 16 independent series of length 4096 per H; the SE of
+/// the mean estimate is measured as sd/√16 and must be ≤ 0.0125 (so ±0.05 is ≥ 4 SE). DFA's own
+/// small-scale bias is kept out by the default minimum scale of 10.
+#[test]
+fn dfa_recovers_the_hurst_exponent() {
+    let (len, reps) = (4096, 16);
+    for (i, h) in [0.3, 0.5, 0.7].into_iter().enumerate() {
+        let sampler = FgnSampler::new(len, h).unwrap();
+        let mut r = rng(50 + i as u64);
+        let mut est = Vec::new();
+        for _ in 0..reps / 2 {
+            let (a, b) = sampler.sample_pair(&mut r);
+            for s in [a, b] {
+                est.push(dfa(&s, &DfaConfig::default()).unwrap().hurst);
+            }
+        }
+        let mean = est.iter().sum::<f64>() / reps as f64;
+        let sd = (est.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (reps - 1) as f64).sqrt();
+        let se = sd / (reps as f64).sqrt();
+        assert!(se <= 0.0125, "H = {h}: SE {se}");
+        assert!((mean - h).abs() < 0.05, "H = {h}: DFA gives {mean}");
+    }
+    // A path (fBm) instead of its noise gives H + 1: the documented input convention.
+    let path = fractional_brownian_motion(1, 4097, 1, 0.5, 1.0, &mut rng(59)).unwrap();
+    let h_path = dfa(path.as_slice(), &DfaConfig::default()).unwrap().hurst;
+    assert!((h_path - 1.5).abs() < 0.1, "path H = {h_path}");
+}
+
+/// Pure drift: MSD = ‖μ‖²τ² exactly, so α = 2 and the drift share is 1 to rounding; the shape
+/// statistics are undefined and `analyse` says so. With a tiny diffusion added, `analyse` runs:
+/// MSD(τ) = ‖μ‖²τ² + 2nDτ, whose log-log slope differs from 2 by < 2nD/‖μ‖² = 1e-8.
+#[test]
+fn pure_drift_is_ballistic() {
+    let mu = [1.0, -0.5, 2.0];
+    let traj = drift_diffusion(16, 256, &mu, 0.0, 0.1, &mut rng(60)).unwrap();
+    let e = msd_exponent(&traj, MsdKind::Euclidean, &LagWindow::default(), 50, 0.95, &mut rng(61))
+        .unwrap();
+    assert!((e.alpha - 2.0).abs() < 1e-9, "α = {}", e.alpha);
+    let d = drift_decomposition(&traj).unwrap();
+    assert!((d.share - 1.0).abs() < 1e-12, "share {}", d.share);
+    assert!(matches!(
+        analyse(&traj, &AnalysisConfig::default(), &mut rng(62)),
+        Err(BrownianError::DegenerateIncrements { .. })
+    ));
+
+    let noisy = drift_diffusion(16, 256, &mu, 1e-8, 1.0, &mut rng(63)).unwrap();
+    let rep = analyse(&noisy, &AnalysisConfig::default(), &mut rng(64)).unwrap();
+    assert!((rep.alpha - 2.0).abs() < 1e-6, "α = {}", rep.alpha);
+    assert!(rep.drift_share > 0.999_999, "share {}", rep.drift_share);
+    assert!(rep.quadratic_variation_r_squared > 0.999_999);
+}
+
+/// Itô drift of renormalised tangent steps, s = σ/r. Per step the radial displacement is
+/// (1 + s²χ²_k)^(−1/2) − 1 (k = n − 1): mean −s²k/2 · (1 − (3/4)s²(k+2) + …) and sd ≈ s²√(2k)/2.
+/// Choosing s²(k+2) = 0.0133 keeps the O(s⁴) bias at 1%; with N = 200 points × 100 draws the
+/// relative SE is √(2/(kN)) ≤ 0.71% (k = 2). Total error budget ≤ 1% + 4 SE < 4%: within 5%.
+#[test]
+fn ito_drift_matches_minus_sigma_squared_n_minus_one_over_two() {
+    for (i, n) in [3usize, 16, 64].into_iter().enumerate() {
+        let r = (n as f64).sqrt();
+        let s = (0.0133 / (n + 1) as f64).sqrt();
+        let mut g = rng(70 + i as u64);
+        let pts: Vec<f64> = (0..200).flat_map(|_| uniform_on_sphere(n, r, &mut g)).collect();
+        let it = ito_drift(&pts, n, r, s * r, 100, &mut g).unwrap();
+        assert!((it.predicted + s * s * (n - 1) as f64 / 2.0).abs() < 1e-15);
+        assert!(
+            (it.measured / it.predicted - 1.0).abs() < 0.05,
+            "n = {n}: {} vs {}",
+            it.measured,
+            it.predicted
+        );
+        assert!(it.std_error < 0.01 * it.predicted.abs());
+    }
+}
+
+/// `analyse` on Brownian motion: every statistic at its null value within its SE.
+/// N = 32·255·4 = 32 640 pooled increments: SE(K) = √(24/N) = 0.027 and SE(S) = √(6/N) = 0.014,
+/// so |K| < 0.11 is 4 SE; ρ(1) has SE 1/√N = band/2, bias −1/255, so |ρ| < 2·band + 1/255 is ≥ 4 SE.
+/// E‖μ̂_m‖² = tr Σ/(T−1), so the drift share is ≈ 1/T = 0.004; 0.012 leaves ≥ 4 SE for its
+/// χ²_(4)-like spread over 32 members (relative sd √(2/(4·32)) = 12.5%).
+#[test]
+fn analyse_brownian_motion_report() {
+    let traj = brownian_motion(32, 256, 4, 0.2, 1.0, &mut rng(80)).unwrap();
+    let rep = analyse(&traj, &AnalysisConfig::default(), &mut rng(81)).unwrap();
+    assert_eq!(rep.msd_kind, MsdKind::Euclidean);
+    assert!((rep.alpha - 1.0).abs() < 0.05);
+    let (lo, hi) = rep.alpha_ci.unwrap();
+    assert!(lo < rep.alpha && rep.alpha < hi && hi - lo < 0.2);
+    assert!((rep.diffusion / 0.2 - 1.0).abs() < 0.05);
+    assert!(rep.excess_kurtosis.abs() < 0.11, "K = {}", rep.excess_kurtosis);
+    assert!(rep.skewness.abs() < 0.056, "S = {}", rep.skewness);
+    assert!(rep.autocorrelation.abs() < 2.0 * rep.autocorr_band + 1.0 / 255.0);
+    assert!(rep.quadratic_variation_r_squared > 0.99);
+    assert!(rep.drift_share < 0.012, "share {}", rep.drift_share);
+    assert_eq!(rep.msd.len(), 32);
+    assert_eq!(rep.msd[0].0, 1);
+    assert_eq!(rep.msd.last().unwrap().0, 64);
+}
+
+/// The increment statistics must also *reject* what is not Brownian.
+/// Laplace increments: excess kurtosis 3, SE at N = 16·1023·2 ≈ 32 700 is √(Var)/√N with the
+/// Laplace kurtosis-estimator variance ≈ (m₈/m₄² …) ≲ 250 → SE ≲ 0.09, so 3 ± 0.6 is > 6 SE; JB is
+/// then enormous (p ≈ 0). AR(1) increments with φ = 0.5: ρ(1) = 0.5 with SE ≈ √((1−φ²)/N) = 0.005,
+/// so ±0.03 is 6 SE.
+#[test]
+fn increment_statistics_reject_non_brownian_motion() {
+    let (m, t, n) = (16usize, 1024usize, 2usize);
+    let exp = Exp::new(1.0).unwrap();
+    let mut g = rng(90);
+    let mut data = Vec::with_capacity(m * t * n);
+    for _ in 0..m {
+        let mut x = vec![0.0; n];
+        data.extend_from_slice(&x);
+        for _ in 1..t {
+            for xi in x.iter_mut() {
+                *xi += exp.sample(&mut g) - exp.sample(&mut g);
+            }
+            data.extend_from_slice(&x);
+        }
+    }
+    let lap = Trajectories::new(data, m, t, n, Geometry::Euclidean).unwrap();
+    let nm = normality(&lap).unwrap();
+    assert!((nm.excess_kurtosis - 3.0).abs() < 0.6, "K = {}", nm.excess_kurtosis);
+    assert!(nm.p_value < 1e-100, "JB p = {}", nm.p_value);
+
+    let phi = 0.5;
+    let noise = brownian_motion(m, t, n, 0.5, 1.0, &mut rng(91)).unwrap();
+    let mut data = Vec::with_capacity(m * t * n);
+    for mm in 0..m {
+        let (mut x, mut prev) = (vec![0.0; n], vec![0.0; n]);
+        data.extend_from_slice(&x);
+        for s in 1..t {
+            for i in 0..n {
+                let e = noise.point(mm, s)[i] - noise.point(mm, s - 1)[i];
+                prev[i] = phi * prev[i] + e;
+                x[i] += prev[i];
+            }
+            data.extend_from_slice(&x);
+        }
+    }
+    let ar = Trajectories::new(data, m, t, n, Geometry::Euclidean).unwrap();
+    let ac = autocorrelation(&ar, 1).unwrap();
+    assert!((ac.value - phi).abs() < 0.03, "ρ(1) = {}", ac.value);
+    assert!(ac.value > 10.0 * ac.band);
+}
+
+/// Short or degenerate inputs give typed errors, never panics; one member still analyses.
+#[test]
+fn short_inputs_are_typed_errors() {
+    for t in 1..8 {
+        let traj = brownian_motion(3, t, 2, 1.0, 1.0, &mut rng(100)).unwrap();
+        let err = analyse(&traj, &AnalysisConfig::default(), &mut rng(101)).unwrap_err();
+        assert!(matches!(err, BrownianError::TooShort { .. }), "T = {t}: {err}");
+    }
+    let one = brownian_motion(1, 64, 2, 1.0, 1.0, &mut rng(102)).unwrap();
+    let rep = analyse(&one, &AnalysisConfig::default(), &mut rng(103)).unwrap();
+    assert!(rep.alpha_ci.is_none());
+    let err = msd_exponent(&one, MsdKind::Euclidean, &LagWindow::default(), 10, 0.95, &mut rng(0));
+    assert!(matches!(err, Err(BrownianError::TooShort { needed: 2, .. })));
+    // A walk that has mixed over the sphere at the diffusion lag.
+    let mixed = geodesic_random_walk(4, 64, 3, 1.0, 50.0, 1.0, &mut rng(104)).unwrap();
+    let cfg = AnalysisConfig {
+        diffusion_lag: 1,
+        ..Default::default()
+    };
+    match analyse(&mixed, &cfg, &mut rng(105)) {
+        Err(BrownianError::Mixed { .. }) | Ok(_) => {}
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+/// On a sphere, `analyse` defaults to the geodesic MSD and the radius-aware D.
+#[test]
+fn analyse_on_the_sphere_uses_geodesic_msd() {
+    let (n, r, dt) = (16usize, 4.0, 1.0);
+    let d = 2e-4 * r * r;
+    let traj = geodesic_random_walk(32, 256, n, r, d, dt, &mut rng(110)).unwrap();
+    let rep = analyse(&traj, &AnalysisConfig::default(), &mut rng(111)).unwrap();
+    assert_eq!(rep.msd_kind, MsdKind::Geodesic);
+    // Relative SE of D̂: √(2/(15·32·255)) = 0.4%.
+    assert!((rep.diffusion / d - 1.0).abs() < 0.05, "D = {}", rep.diffusion);
+    // (n−1)Dτ/r² ≤ 0.19 at τ = 64: the geodesic MSD is still close to linear.
+    assert!((rep.alpha - 1.0).abs() < 0.05, "α = {}", rep.alpha);
+}
