@@ -133,11 +133,11 @@ fn parse_idx<'a, const R: usize>(
     }
     let data = &bytes[header..];
     let have = data.len() as u64;
-    let shape = dims.map(|d| d.to_string()).join("×");
+    let shape = || dims.map(|d| d.to_string()).join("×");
     if have < total {
         return Err(DataError::Truncated {
             origin: origin.to_string(),
-            what: format!("data of declared shape {shape}"),
+            what: format!("data of declared shape {}", shape()),
             offset: header as u64,
             expected: total,
             found: have,
