@@ -1,0 +1,147 @@
+//! `bmt`: the command line of brownian-transformer (`cargo xtask train` forwards here).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bmt_trainer::config::{OptimizerKind, TrainConfig};
+use bmt_trainer::data::DataSource;
+use bmt_trainer::run::{read_config, run, RunOptions};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bmt", version, about = "Train transformers and measure the geometry and dynamics of their attention")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model (default: W1, the ViT on the embedded digits, with AdamW).
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Data: digits (embedded), mnist:DIR (MNIST or Fashion-MNIST idx files), cifar10:DIR.
+    #[arg(long, default_value = "digits")]
+    data: String,
+    /// Number of epochs (with --resume: the new total).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Batch size (the last partial batch of an epoch is dropped).
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Learning rate (default: 1e-3 for adamw, 0.05 for sgd, the K-FAC defaults for kfac/cgfac).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Seed of initialisation, shuffling and sampling; also the split seed unless --split-seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Seed of the train/test split (digits).
+    #[arg(long)]
+    split_seed: Option<u64>,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adamw)]
+    optimizer: OptimizerKind,
+    /// Momentum of SGD and of K-FAC's outer update.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Weight decay (decoupled for AdamW).
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Patch size (default: 2 for 8×8 images, 4 for larger).
+    #[arg(long)]
+    patch: Option<usize>,
+    /// Device: cpu, cuda or cuda:N (needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// CPU threads for Candle's kernels (default 1: measured fastest for W1, see README).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Run directory (default: runs/<data>-<optimizer>-seed<seed>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in DIR from its newest checkpoint.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    resume: Option<PathBuf>,
+    /// Start from the weights in this safetensors file instead of the seeded initialisation.
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
+    /// The --init file stores linear weights (in, out), as `x·W` frameworks do (e.g. the peer fixture).
+    #[arg(long, requires = "init")]
+    init_in_out: bool,
+    /// A step record goes to metrics.jsonl every this many steps (0: none).
+    #[arg(long, default_value_t = 5)]
+    log_every: usize,
+    /// Skip the per-epoch diagnostics (sphere, Markov, Brownian).
+    #[arg(long)]
+    no_diagnostics: bool,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn train(a: TrainArgs) -> anyhow::Result<()> {
+    bmt_trainer::device::set_cpu_threads(a.threads)?;
+    if let Some(dir) = a.resume {
+        let mut config = read_config(&dir)?;
+        if let Some(e) = a.epochs {
+            config.epochs = e;
+        }
+        config.threads = a.threads;
+        let summary = run(config, &dir, &RunOptions { resume: true, quiet: a.quiet, stop_after: None })?;
+        let _ = summary;
+        return Ok(());
+    }
+    let source: DataSource = a.data.parse()?;
+    let mut config = TrainConfig::w1();
+    config.data = source.to_string();
+    config.seed = a.seed;
+    config.split_seed = a.split_seed.unwrap_or(a.seed);
+    config.optimizer = a.optimizer;
+    config.lr = a.lr.unwrap_or(match a.optimizer {
+        OptimizerKind::Adamw => 1e-3,
+        OptimizerKind::Sgd => 0.05,
+        OptimizerKind::Kfac | OptimizerKind::Cgfac => bmt_trainer::kfac::DEFAULT_LR,
+    });
+    config.momentum = a.momentum;
+    config.weight_decay = a.weight_decay;
+    config.epochs = a.epochs.unwrap_or(30);
+    config.batch_size = a.batch_size;
+    config.device = a.device;
+    config.threads = a.threads;
+    config.log_every = a.log_every;
+    config.diagnostics = !a.no_diagnostics;
+    config.init = a.init;
+    config.init_in_out = a.init_in_out;
+    config.model.patch = a.patch.unwrap_or(match source {
+        DataSource::Digits => 2,
+        _ => 4,
+    });
+    let out = a.out.unwrap_or_else(|| {
+        let data = match source {
+            DataSource::Digits => "digits",
+            DataSource::Mnist(_) => "mnist",
+            DataSource::Cifar10(_) => "cifar10",
+            DataSource::Text(_) => "text",
+        };
+        PathBuf::from("runs").join(format!("{data}-{}-seed{}", a.optimizer, a.seed))
+    });
+    run(config, &out, &RunOptions { resume: false, quiet: a.quiet, stop_after: None })?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => train(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

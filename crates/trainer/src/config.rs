@@ -1,0 +1,186 @@
+//! The fully resolved configuration of a training run, as written to `config.json`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::model::VitConfig;
+
+/// The optimizer family of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// AdamW on every parameter (W1-adamw).
+    Adamw,
+    /// SGD with heavy-ball momentum on every parameter.
+    Sgd,
+    /// K-FAC with the eigen solver on Q, K, V, O and the MLP linears; AdamW on the rest (W1-kfac).
+    Kfac,
+    /// CG-FAC (iterative K-FAC, arXiv 2101.00218) on the same layers; AdamW on the rest (W1-cgfac).
+    Cgfac,
+}
+
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Adamw => "adamw",
+            Self::Sgd => "sgd",
+            Self::Kfac => "kfac",
+            Self::Cgfac => "cgfac",
+        })
+    }
+}
+
+/// Everything that determines a run. Two runs with equal configs on the CPU produce identical
+/// metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Data source (`digits`, `mnist:DIR`, `cifar10:DIR`).
+    pub data: String,
+    /// Seed of the train/test split (digits; ignored by sets with a fixed split).
+    pub split_seed: u64,
+    /// Seed of initialisation, shuffling and Monte-Carlo sampling.
+    pub seed: u64,
+    /// Architecture.
+    pub model: VitConfig,
+    /// Optimizer family.
+    pub optimizer: OptimizerKind,
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum of SGD (and of K-FAC's outer update).
+    pub momentum: f64,
+    /// Weight decay (decoupled for AdamW).
+    pub weight_decay: f64,
+    /// Total number of epochs.
+    pub epochs: usize,
+    /// Batch size; the last partial batch of an epoch is dropped.
+    pub batch_size: usize,
+    /// Device (`cpu`, `cuda`, `cuda:N`).
+    pub device: String,
+    /// CPU threads for Candle's kernels.
+    pub threads: usize,
+    /// A step record goes to `metrics.jsonl` every this many steps (0: none).
+    pub log_every: usize,
+    /// Whether the per-epoch diagnostics (sphere, Markov, Brownian) run.
+    pub diagnostics: bool,
+    /// Initial weights (safetensors), instead of the seeded initialisation.
+    pub init: Option<PathBuf>,
+    /// Whether the linear weights in `init` are stored `(in, out)` (PyTorch-export of `x·W`, JAX)
+    /// rather than Candle's `(out, in)`.
+    pub init_in_out: bool,
+}
+
+impl TrainConfig {
+    /// W1-adamw on the embedded digits (WORKLOADS.md), 30 epochs, seed 0.
+    pub fn w1() -> Self {
+        Self {
+            data: "digits".into(),
+            split_seed: 0,
+            seed: 0,
+            model: VitConfig::w1(),
+            optimizer: OptimizerKind::Adamw,
+            lr: 1e-3,
+            momentum: 0.9,
+            weight_decay: 0.01,
+            epochs: 30,
+            batch_size: 64,
+            device: "cpu".into(),
+            threads: 1,
+            log_every: 5,
+            diagnostics: true,
+            init: None,
+            init_in_out: false,
+        }
+    }
+
+    /// Rejects impossible settings before any work starts, naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |flag: &'static str, msg: String| Err(TrainError::Config { flag, msg });
+        self.model.validate()?;
+        if self.epochs == 0 {
+            return bad("--epochs", "the number of epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("--batch-size", "the batch size must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("--lr", format!("{} is not a learning rate: use a finite value > 0", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad("--momentum", format!("{} must lie in [0, 1)", self.momentum));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad("--weight-decay", format!("{} must be a finite value ≥ 0", self.weight_decay));
+        }
+        if self.threads == 0 {
+            return bad("--threads", "the thread count must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the seed-derived quantities and architecture of `other` equal this config's, i.e.
+    /// whether a run made with `other` can be continued under this config (only the epoch count
+    /// and the thread count may differ).
+    pub fn resumable_from(&self, other: &TrainConfig) -> std::result::Result<(), String> {
+        let mut a = self.clone();
+        a.epochs = other.epochs;
+        a.threads = other.threads;
+        if &a == other {
+            Ok(())
+        } else {
+            let ours = serde_json::to_value(&a).unwrap_or_default();
+            let theirs = serde_json::to_value(other).unwrap_or_default();
+            let mut diffs = Vec::new();
+            if let (Some(o), Some(t)) = (ours.as_object(), theirs.as_object()) {
+                for (k, v) in o {
+                    if t.get(k) != Some(v) {
+                        diffs.push(k.clone());
+                    }
+                }
+            }
+            Err(format!("these settings differ from the saved run: {}", diffs.join(", ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn w1_is_valid_and_has_136138_parameters() {
+        let c = TrainConfig::w1();
+        c.validate().unwrap();
+        assert_eq!(c.model.parameter_count(), 136_138);
+        assert_eq!(c.model.tokens(), 17);
+    }
+
+    #[test]
+    fn impossible_settings_name_their_flag() {
+        let mut c = TrainConfig::w1();
+        c.model.heads = 5;
+        assert!(c.validate().unwrap_err().to_string().contains("--heads"));
+        let mut c = TrainConfig::w1();
+        c.model.patch = 3;
+        assert!(c.validate().unwrap_err().to_string().contains("--patch"));
+        let mut c = TrainConfig::w1();
+        c.batch_size = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("--batch-size"));
+        let mut c = TrainConfig::w1();
+        c.lr = f64::NAN;
+        assert!(c.validate().unwrap_err().to_string().contains("--lr"));
+    }
+
+    #[test]
+    fn resume_allows_only_epochs_and_threads_to_change() {
+        let a = TrainConfig::w1();
+        let mut b = a.clone();
+        b.epochs = 3;
+        b.threads = 2;
+        assert!(a.resumable_from(&b).is_ok());
+        b.lr = 0.5;
+        let err = a.resumable_from(&b).unwrap_err();
+        assert!(err.contains("lr"), "{err}");
+    }
+}

@@ -1,0 +1,631 @@
+//! The training loop and the run directory.
+//!
+//! A run directory holds `config.json` (the fully resolved [`TrainConfig`]), `metrics.jsonl` (a
+//! record per epoch and one per step every `log_every` steps), `summary.json` and
+//! `checkpoints/epoch-NNNN.safetensors` (model, optimizer state and run state, written atomically
+//! at the end of every epoch). `--resume` continues from the newest checkpoint exactly: shuffles are
+//! a pure function of `(seed, epoch)` and Monte-Carlo labels of `(seed, step)`, so a resumed run
+//! and an uninterrupted one produce identical metrics on the CPU.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bmt_kfac::{AdamW, AdamWConfig, NamedParams, Optimizer, SgdMomentum};
+use candle_core::{DType, Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::config::{OptimizerKind, TrainConfig};
+use crate::data::{Batch, DataSource, Dataset, ImageSet, Split};
+use crate::diag::Diagnostics;
+use crate::error::{io_err, Result, TrainError};
+use crate::model::{correct_predictions, cross_entropy, Vit};
+
+/// The optimizer of a run.
+pub enum RunOptimizer {
+    /// A first-order optimizer over every parameter (AdamW or SGD with momentum).
+    FirstOrder(Box<dyn Optimizer + Send>),
+    /// K-FAC or CG-FAC on the attention and MLP linears, AdamW on the rest.
+    Kfac(Box<crate::kfac::KfacRun>),
+}
+
+impl RunOptimizer {
+    /// Builds the optimizer `config` asks for over `model`'s parameters.
+    pub fn new(config: &TrainConfig, model: &Vit) -> Result<Self> {
+        let all = NamedParams::new(
+            model.parameters().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        );
+        let adamw = AdamWConfig {
+            lr: config.lr,
+            weight_decay: config.weight_decay,
+            ..AdamWConfig::default()
+        };
+        Ok(match config.optimizer {
+            OptimizerKind::Adamw => Self::FirstOrder(Box::new(AdamW::new(all, adamw)?)),
+            OptimizerKind::Sgd => Self::FirstOrder(Box::new(SgdMomentum::new(
+                all,
+                config.lr,
+                config.momentum,
+                config.weight_decay,
+            )?)),
+            OptimizerKind::Kfac | OptimizerKind::Cgfac => {
+                Self::Kfac(Box::new(crate::kfac::build(config, model, adamw)?))
+            }
+        })
+    }
+
+    /// Whether a step needs the tracked layers' captures.
+    pub fn needs_captures(&self) -> bool {
+        matches!(self, Self::Kfac(_))
+    }
+
+    /// Named optimizer state for the checkpoint.
+    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(match self {
+            Self::FirstOrder(o) => o.state()?,
+            Self::Kfac(k) => k.state()?,
+        })
+    }
+
+    /// Restores the state saved by [`RunOptimizer::state`].
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        match self {
+            Self::FirstOrder(o) => o.load_state(state)?,
+            Self::Kfac(k) => k.load_state(state)?,
+        }
+        Ok(())
+    }
+}
+
+/// What one optimizer step reports.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StepOutcome {
+    /// Mean cross-entropy of the batch before the update.
+    pub loss: f64,
+    /// Correct predictions in the batch before the update.
+    pub correct: usize,
+    /// Optimizer statistics (K-FAC: CG iterations, breakdowns, damping, timings), if any.
+    pub optimizer: Option<Value>,
+}
+
+/// Loss and accuracy over a data set.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Evaluation {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Fraction of correct arg-max predictions.
+    pub accuracy: f64,
+}
+
+/// A model with its optimizer: one training step at a time.
+pub struct Trainer {
+    /// The model.
+    pub model: Vit,
+    /// The optimizer.
+    pub optimizer: RunOptimizer,
+    /// The configuration.
+    pub config: TrainConfig,
+    /// The device.
+    pub device: Device,
+    /// Steps taken so far.
+    pub step: usize,
+}
+
+impl Trainer {
+    /// A trainer for `model` with the optimizer of `config`.
+    pub fn new(config: TrainConfig, model: Vit, device: Device) -> Result<Self> {
+        let optimizer = RunOptimizer::new(&config, &model)?;
+        Ok(Self { model, optimizer, config, device, step: 0 })
+    }
+
+    /// One optimizer step on `batch`. A non-finite loss is an error (nothing is updated).
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepOutcome> {
+        let tracking = self.optimizer.needs_captures();
+        if tracking {
+            self.model.set_tracking(true);
+        }
+        let logits = self.model.forward(&batch.inputs)?;
+        let loss = cross_entropy(&logits, &batch.targets)?;
+        let loss_value = loss.to_scalar::<f32>()? as f64;
+        let correct = correct_predictions(&logits, &batch.targets)?;
+        if !loss_value.is_finite() {
+            self.model.set_tracking(false);
+            return Err(TrainError::Diverged {
+                epoch: 0,
+                step: self.step + 1,
+                what: format!("the training loss is {loss_value}"),
+                hint: String::new(),
+            });
+        }
+        let grads = loss.backward()?;
+        let optimizer = match &mut self.optimizer {
+            RunOptimizer::FirstOrder(o) => {
+                o.step(&grads)?;
+                None
+            }
+            RunOptimizer::Kfac(k) => {
+                let stats = crate::kfac::step(k, &self.model, &logits, &grads, self.config.seed, self.step)?;
+                Some(stats)
+            }
+        };
+        if tracking {
+            self.model.set_tracking(false);
+        }
+        self.step += 1;
+        Ok(StepOutcome { loss: loss_value, correct, optimizer })
+    }
+
+    /// Loss and accuracy on `data`, in batches of `batch_size`.
+    pub fn evaluate(&self, data: &dyn Dataset, batch_size: usize) -> Result<Evaluation> {
+        let n = data.len();
+        let mut loss_sum = 0.0;
+        let mut correct = 0usize;
+        let idx: Vec<usize> = (0..n).collect();
+        for chunk in idx.chunks(batch_size.max(1)) {
+            let b = data.batch(chunk, &self.device)?;
+            let logits = self.model.forward(&b.inputs)?.detach();
+            let loss = cross_entropy(&logits, &b.targets)?.to_scalar::<f32>()? as f64;
+            loss_sum += loss * chunk.len() as f64;
+            correct += correct_predictions(&logits, &b.targets)?;
+        }
+        Ok(Evaluation {
+            loss: loss_sum / n.max(1) as f64,
+            accuracy: correct as f64 / n.max(1) as f64,
+        })
+    }
+}
+
+/// The batches of one epoch: a permutation of `0..n` that is a pure function of `(seed, epoch)`,
+/// cut into batches of `batch_size`, the last partial batch dropped.
+pub fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(1 + epoch as u64);
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rng);
+    idx.chunks_exact(batch_size).map(|c| c.to_vec()).collect()
+}
+
+/// What a finished run reports (`summary.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    /// Test accuracy after the last epoch.
+    pub final_test_accuracy: f64,
+    /// Best test accuracy over the epochs.
+    pub best_test_accuracy: f64,
+    /// Test loss after the last epoch.
+    pub final_test_loss: f64,
+    /// Mean training loss of the last epoch.
+    pub final_train_loss: f64,
+    /// Epochs completed.
+    pub epochs: usize,
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// Wall seconds of the whole run (evaluation and diagnostics included).
+    pub wall_seconds: f64,
+    /// Optimizer steps per second of pure training time (forward, backward, update).
+    pub steps_per_second: f64,
+    /// Wall seconds until test accuracy first reached 0.95 (`null` if never).
+    pub seconds_to_95pct: Option<f64>,
+    /// Peak resident memory of the process, in MiB (Linux; `null` elsewhere).
+    pub peak_memory_mib: Option<f64>,
+    /// The optimizer.
+    pub optimizer: String,
+    /// Diagnostics summary (sphere, Markov, Brownian), if diagnostics ran.
+    pub diagnostics: Value,
+}
+
+/// Peak resident set size of this process in MiB, from `/proc/self/status` (`VmHWM`).
+pub fn peak_memory_mib() -> Option<f64> {
+    let s = fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Loads the data set named by `config.data`.
+pub fn load_data(config: &TrainConfig) -> Result<Split<ImageSet>> {
+    let source: DataSource = config.data.parse()?;
+    Ok(match source {
+        DataSource::Digits => crate::data::load_digits(config.split_seed)?,
+        DataSource::Mnist(dir) => crate::data::load_mnist(&dir)?,
+        DataSource::Cifar10(dir) => crate::data::load_cifar10(&dir)?,
+        DataSource::Text(_) => {
+            return Err(TrainError::Config {
+                flag: "--data",
+                msg: "text data needs the byte-level GPT (--model gpt), which this build does not have yet; use digits, mnist:DIR or cifar10:DIR".into(),
+            })
+        }
+    })
+}
+
+/// Adapts the architecture's input size to the data (patch size follows the image size: 2 for 8×8,
+/// 4 for 28×28 and 32×32, unless `patch` was given).
+pub fn fit_model_to_data(config: &mut TrainConfig, data: &ImageSet, patch: Option<usize>) {
+    config.model.channels = data.channels;
+    config.model.height = data.height;
+    config.model.width = data.width;
+    config.model.classes = data.num_classes;
+    config.model.patch = patch.unwrap_or(if data.height <= 8 { 2 } else { 4 });
+}
+
+/// Progress display: a bar with rate and ETA on a terminal, silent otherwise.
+struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    fn new(total: u64, done: u64, quiet: bool) -> Self {
+        let bar = if quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(total)
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_position(done);
+        bar.reset_eta();
+        Self { bar }
+    }
+
+    fn line(&self, s: &str, quiet: bool) {
+        if quiet {
+            return;
+        }
+        if self.bar.is_hidden() {
+            eprintln!("{s}");
+        } else {
+            self.bar.println(s);
+        }
+    }
+}
+
+/// Options of [`run`] that are not part of the run's identity.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue the run found in the output directory.
+    pub resume: bool,
+    /// Print nothing (tests).
+    pub quiet: bool,
+    /// Stop after this many epochs in this invocation (tests of crash-resume); `None`: run to the end.
+    pub stop_after: Option<usize>,
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Json { path: path.to_path_buf(), source: e })?;
+    fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Reads `config.json` of a run directory.
+pub fn read_config(dir: &Path) -> Result<TrainConfig> {
+    let path = dir.join("config.json");
+    let text = fs::read_to_string(&path).map_err(|e| TrainError::Resume {
+        dir: dir.to_path_buf(),
+        msg: format!("no readable config.json ({e}): is this a run directory made by `cargo xtask train`?"),
+    })?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Resume {
+        dir: dir.to_path_buf(),
+        msg: format!("config.json is not a valid run configuration: {e}"),
+    })
+}
+
+/// Rewrites `metrics.jsonl` keeping only records of epochs ≤ `epoch` (a crash may have left records
+/// of an epoch whose checkpoint was never written).
+fn truncate_metrics(path: &Path, epoch: usize) -> Result<()> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v.get("epoch").and_then(Value::as_u64))
+                .is_some_and(|e| e as usize <= epoch)
+        })
+        .collect();
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut body = kept.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    fs::write(&tmp, body).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Trains `config` into `out`, writing the run directory; with `options.resume`, continues the run
+/// already in `out` (whose `config.json` must match `config` except for epochs and threads).
+pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<Summary> {
+    config.validate()?;
+    let device = crate::device::open_device(&config.device)?;
+    let data = load_data(&config)?;
+    let patch = config.model.patch;
+    fit_model_to_data(&mut config, &data.train, Some(patch));
+    config.validate()?;
+
+    let ckpt = if options.resume {
+        let saved = read_config(out)?;
+        config.resumable_from(&saved).map_err(|msg| TrainError::Resume { dir: out.to_path_buf(), msg })?;
+        let latest = checkpoint::load_latest(out)?;
+        if latest.is_none() {
+            return Err(TrainError::Resume {
+                dir: out.to_path_buf(),
+                msg: "it holds no checkpoint yet (the run stopped before its first epoch ended): start it again without --resume".into(),
+            });
+        }
+        latest
+    } else {
+        None
+    };
+    fs::create_dir_all(out).map_err(io_err(out))?;
+    write_json(&out.join("config.json"), &config)?;
+
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let model = match &config.init {
+        Some(path) => {
+            let w = crate::fixture::load_weights(path, &config.model, config.init_in_out)?;
+            Vit::from_tensors(config.model.clone(), &w, DType::F32, &device)?
+        }
+        None => Vit::init(config.model.clone(), &mut rng, DType::F32, &device)?,
+    };
+    let mut trainer = Trainer::new(config.clone(), model, device.clone())?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut diagnostics = Diagnostics::new(&config, &data.test, &device)?;
+
+    let mut start_epoch = 0;
+    let mut wall_before = 0.0;
+    let mut best = 0.0f64;
+    let mut to95: Option<f64> = None;
+    match ckpt {
+        Some((tensors, meta)) => {
+            let mut model_t = BTreeMap::new();
+            let mut optim_t = HashMap::new();
+            for (k, v) in tensors {
+                if let Some(n) = k.strip_prefix("model.") {
+                    model_t.insert(n.to_string(), v);
+                } else if let Some(n) = k.strip_prefix("optim.") {
+                    optim_t.insert(n.to_string(), v);
+                } else if let Some(n) = k.strip_prefix("diag.") {
+                    diagnostics.restore_tensor(n, v);
+                }
+            }
+            trainer.model.load(&model_t)?;
+            trainer.optimizer.load_state(&optim_t)?;
+            trainer.step = meta.step;
+            start_epoch = meta.epoch;
+            wall_before = meta.wall_seconds;
+            best = meta.best_test_accuracy;
+            to95 = meta.seconds_to_95pct;
+            diagnostics.restore(&meta.extra)?;
+            truncate_metrics(&metrics_path, meta.epoch)?;
+        }
+        None => {
+            let _ = fs::remove_file(&metrics_path);
+            let _ = fs::remove_dir_all(checkpoint::checkpoint_dir(out));
+            diagnostics.on_start(&trainer.model, &mut MetricsFile::open(&metrics_path)?)?;
+        }
+    }
+
+    let n_train = data.train.len();
+    let steps_per_epoch = n_train / config.batch_size;
+    if steps_per_epoch == 0 {
+        return Err(TrainError::Config {
+            flag: "--batch-size",
+            msg: format!("{} exceeds the {} training samples: no full batch fits", config.batch_size, n_train),
+        });
+    }
+    let total_steps = (config.epochs * steps_per_epoch) as u64;
+    let progress = Progress::new(total_steps, (start_epoch * steps_per_epoch) as u64, options.quiet);
+    progress.line(
+        &format!(
+            "{}: {} parameters, {} on {}, {} train / {} test samples, {} epochs of {} steps",
+            data.description,
+            config.model.parameter_count(),
+            config.optimizer,
+            config.device,
+            n_train,
+            data.test.len(),
+            config.epochs,
+            steps_per_epoch
+        ),
+        options.quiet,
+    );
+    let mut metrics = MetricsFile::open(&metrics_path)?;
+    let run_start = Instant::now();
+    let mut train_seconds = 0.0;
+    let mut train_steps_timed = 0usize;
+    let mut last_eval = Evaluation::default();
+    let mut last_train_loss = f64::NAN;
+    let end_epoch = match options.stop_after {
+        Some(k) => (start_epoch + k).min(config.epochs),
+        None => config.epochs,
+    };
+    for epoch in start_epoch..end_epoch {
+        let epoch_start = Instant::now();
+        let batches = epoch_batches(n_train, config.batch_size, config.seed, epoch);
+        let mut loss_sum = 0.0;
+        let mut correct = 0usize;
+        for idx in &batches {
+            let batch = data.train.batch(idx, &device)?;
+            let t0 = Instant::now();
+            let outcome = trainer.train_step(&batch).map_err(|e| match e {
+                TrainError::Diverged { step, what, .. } => TrainError::Diverged {
+                    epoch: epoch + 1,
+                    step,
+                    what,
+                    hint: last_good_hint(out),
+                },
+                other => other,
+            })?;
+            train_seconds += t0.elapsed().as_secs_f64();
+            train_steps_timed += 1;
+            loss_sum += outcome.loss;
+            correct += outcome.correct;
+            diagnostics.on_step(&trainer, &batch, &outcome, &mut metrics)?;
+            if config.log_every > 0 && trainer.step % config.log_every == 0 {
+                let mut rec = json!({
+                    "kind": "step", "epoch": epoch + 1, "step": trainer.step, "loss": outcome.loss,
+                });
+                if let Some(o) = &outcome.optimizer {
+                    rec["optimizer"] = o.clone();
+                }
+                metrics.write(&rec)?;
+            }
+            progress.bar.inc(1);
+        }
+        let train_loss = loss_sum / batches.len() as f64;
+        let train_accuracy = correct as f64 / (batches.len() * config.batch_size) as f64;
+        let eval = trainer.evaluate(&data.test, 512)?;
+        let epoch_train_seconds = epoch_start.elapsed().as_secs_f64();
+        let diag_start = Instant::now();
+        let diag = diagnostics.on_epoch(&trainer, epoch + 1)?;
+        let diag_seconds = diag_start.elapsed().as_secs_f64();
+        let wall = wall_before + run_start.elapsed().as_secs_f64();
+        best = best.max(eval.accuracy);
+        if to95.is_none() && eval.accuracy >= 0.95 {
+            to95 = Some(wall);
+        }
+        let mut rec = json!({
+            "kind": "epoch", "epoch": epoch + 1, "step": trainer.step,
+            "train_loss": train_loss, "train_accuracy": train_accuracy,
+            "test_loss": eval.loss, "test_accuracy": eval.accuracy,
+            "wall_seconds": wall, "epoch_seconds": epoch_train_seconds,
+            "diagnostics_seconds": diag_seconds,
+        });
+        if let (Some(obj), Value::Object(d)) = (rec.as_object_mut(), diag) {
+            obj.extend(d);
+        }
+        metrics.write(&rec)?;
+        progress.line(
+            &format!(
+                "epoch {:>3}/{}  train loss {:.4}  test loss {:.4}  test accuracy {:.4}  ({:.1} s)",
+                epoch + 1,
+                config.epochs,
+                train_loss,
+                eval.loss,
+                eval.accuracy,
+                epoch_train_seconds + diag_seconds
+            ),
+            options.quiet,
+        );
+        let meta = CheckpointMeta {
+            epoch: epoch + 1,
+            step: trainer.step,
+            wall_seconds: wall,
+            best_test_accuracy: best,
+            seconds_to_95pct: to95,
+            extra: diagnostics.state(),
+        };
+        let mut tensors = BTreeMap::new();
+        for (k, v) in trainer.model.snapshot()? {
+            tensors.insert(format!("model.{k}"), v);
+        }
+        for (k, v) in trainer.optimizer.state()? {
+            tensors.insert(format!("optim.{k}"), v);
+        }
+        for (k, v) in diagnostics.state_tensors()? {
+            tensors.insert(format!("diag.{k}"), v);
+        }
+        checkpoint::save(out, &tensors, &meta)?;
+        last_eval = eval;
+        last_train_loss = train_loss;
+    }
+    progress.bar.finish_and_clear();
+    let completed = end_epoch;
+    let wall = wall_before + run_start.elapsed().as_secs_f64();
+    if completed < config.epochs {
+        // Stopped early on request: no summary yet, the run is resumable.
+        return Ok(Summary {
+            final_test_accuracy: last_eval.accuracy,
+            best_test_accuracy: best,
+            final_test_loss: last_eval.loss,
+            final_train_loss: last_train_loss,
+            epochs: completed,
+            steps: trainer.step,
+            wall_seconds: wall,
+            steps_per_second: train_steps_timed as f64 / train_seconds.max(1e-9),
+            seconds_to_95pct: to95,
+            peak_memory_mib: peak_memory_mib(),
+            optimizer: config.optimizer.to_string(),
+            diagnostics: Value::Null,
+        });
+    }
+    if train_steps_timed == 0 {
+        // Resumed a finished run: report from the last checkpoint's evaluation.
+        last_eval = trainer.evaluate(&data.test, 512)?;
+    }
+    let diag_summary = diagnostics.finish(&trainer, out)?;
+    let summary = Summary {
+        final_test_accuracy: last_eval.accuracy,
+        best_test_accuracy: best,
+        final_test_loss: last_eval.loss,
+        final_train_loss: last_train_loss,
+        epochs: completed,
+        steps: trainer.step,
+        wall_seconds: wall,
+        steps_per_second: train_steps_timed as f64 / train_seconds.max(1e-9),
+        seconds_to_95pct: to95,
+        peak_memory_mib: peak_memory_mib(),
+        optimizer: config.optimizer.to_string(),
+        diagnostics: diag_summary,
+    };
+    write_json(&out.join("summary.json"), &summary)?;
+    if !options.quiet {
+        eprintln!(
+            "done: final test accuracy {:.4} (best {:.4}), {:.1} steps/s, {:.0} s; run directory {}",
+            summary.final_test_accuracy,
+            summary.best_test_accuracy,
+            summary.steps_per_second,
+            summary.wall_seconds,
+            out.display()
+        );
+    }
+    Ok(summary)
+}
+
+fn last_good_hint(out: &Path) -> String {
+    match checkpoint::list(out).ok().and_then(|l| l.last().cloned()) {
+        Some((epoch, path)) => format!(
+            "The last good checkpoint is {} (epoch {epoch}). Lower --lr, or resume with --resume {} after changing nothing else.",
+            path.display(),
+            out.display()
+        ),
+        None => "No checkpoint was written yet. Lower --lr and start again.".into(),
+    }
+}
+
+/// An append-only JSON-lines file.
+pub struct MetricsFile {
+    file: fs::File,
+    path: PathBuf,
+}
+
+impl MetricsFile {
+    /// Opens (creating) `path` for appending.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = fs::OpenOptions::new().create(true).append(true).open(path).map_err(io_err(path))?;
+        Ok(Self { file, path: path.to_path_buf() })
+    }
+
+    /// Appends one record as a line.
+    pub fn write(&mut self, record: &Value) -> Result<()> {
+        let mut line = serde_json::to_string(record).map_err(|e| TrainError::Json { path: self.path.clone(), source: e })?;
+        line.push('\n');
+        self.file.write_all(line.as_bytes()).map_err(io_err(&self.path))
+    }
+}
