@@ -62,41 +62,61 @@ fn max_abs_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
 /// (dtype-rounded) inputs.
 fn check_against_reference(dtype: DType, tol: f64) {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for &(shape, r) in &[(&[4usize, 5, 3][..], 0.3), (&[2, 3, 64][..], 8.0), (&[7, 16][..], 100.0)] {
+    for &(shape, r) in &[
+        (&[4usize, 5, 3][..], 0.3),
+        (&[2, 3, 64][..], 8.0),
+        (&[7, 16][..], 100.0),
+    ] {
         let x = points(shape, r, &mut rng).to_dtype(dtype).unwrap();
         let y = points(shape, r, &mut rng).to_dtype(dtype).unwrap();
         let v = (raw(shape, &mut rng) * r).unwrap().to_dtype(dtype).unwrap();
         let (xr, yr, vr) = (rows(&x), rows(&y), rows(&v));
 
         let d = flat(&geodesic_distance(&x, &y, r).unwrap());
-        assert_eq!(geodesic_distance(&x, &y, r).unwrap().dims(), &shape[..shape.len() - 1]);
+        assert_eq!(
+            geodesic_distance(&x, &y, r).unwrap().dims(),
+            &shape[..shape.len() - 1]
+        );
         let c = flat(&chordal_distance(&x, &y).unwrap());
         for i in 0..xr.len() {
             let want = reference::geodesic_distance(&xr[i], &yr[i], r).unwrap();
-            assert!((d[i] - want).abs() <= tol * r, "{dtype:?} d row {i}: {} vs {want}", d[i]);
+            assert!(
+                (d[i] - want).abs() <= tol * r,
+                "{dtype:?} d row {i}: {} vs {want}",
+                d[i]
+            );
             let want = reference::chordal_distance(&xr[i], &yr[i]).unwrap();
             assert!((c[i] - want).abs() <= tol * r);
         }
 
         let check = |name: &str, got: &Tensor, want: Vec<Vec<f64>>| {
             let err = max_abs_diff(&rows(got), &want);
-            assert!(err <= tol * r, "{dtype:?} {name} shape {shape:?}: max error {err}");
+            assert!(
+                err <= tol * r,
+                "{dtype:?} {name} shape {shape:?}: max error {err}"
+            );
         };
         let m = xr.len();
         check(
             "tangent_project",
             &tangent_project(&x, &v, r).unwrap(),
-            (0..m).map(|i| reference::tangent_project(&xr[i], &vr[i], r).unwrap()).collect(),
+            (0..m)
+                .map(|i| reference::tangent_project(&xr[i], &vr[i], r).unwrap())
+                .collect(),
         );
         check(
             "exp_map",
             &exp_map(&x, &v, r).unwrap(),
-            (0..m).map(|i| reference::exp_map(&xr[i], &vr[i], r).unwrap()).collect(),
+            (0..m)
+                .map(|i| reference::exp_map(&xr[i], &vr[i], r).unwrap())
+                .collect(),
         );
         check(
             "log_map",
             &log_map(&x, &y, r).unwrap(),
-            (0..m).map(|i| reference::log_map(&xr[i], &yr[i], r).unwrap()).collect(),
+            (0..m)
+                .map(|i| reference::log_map(&xr[i], &yr[i], r).unwrap())
+                .collect(),
         );
         check(
             "parallel_transport",
@@ -126,7 +146,10 @@ fn distance_is_accurate_near_zero_and_pi() {
         let x = Tensor::new(&[[1.0f64, 0.0, 0.0]], &Device::Cpu).unwrap();
         let y = Tensor::new(&[[delta.cos(), delta.sin(), 0.0]], &Device::Cpu).unwrap();
         let d = flat(&geodesic_distance(&x, &y, 2.0).unwrap())[0];
-        assert!((d - 2.0 * delta).abs() <= 1e-14 * 2.0 * delta.max(1.0), "δ={delta}: {d}");
+        assert!(
+            (d - 2.0 * delta).abs() <= 1e-14 * 2.0 * delta.max(1.0),
+            "δ={delta}: {d}"
+        );
     }
 }
 
@@ -156,12 +179,22 @@ fn leading_dimensions_broadcast() {
 fn antipodal_log_names_the_row() {
     // Rows 0, 1, 3 are fine; row 2 has y = −x.
     let x = Tensor::new(
-        &[[1.0f32, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]],
+        &[
+            [1.0f32, 0.0, 0.0],
+            [0.0, 1.0, 0.0],
+            [0.6, 0.8, 0.0],
+            [0.0, 0.0, 1.0],
+        ],
         &Device::Cpu,
     )
     .unwrap();
     let y = Tensor::new(
-        &[[0.0f32, 1.0, 0.0], [0.0, 0.0, 1.0], [-0.6, -0.8, 0.0], [1.0, 0.0, 0.0]],
+        &[
+            [0.0f32, 1.0, 0.0],
+            [0.0, 0.0, 1.0],
+            [-0.6, -0.8, 0.0],
+            [1.0, 0.0, 0.0],
+        ],
         &Device::Cpu,
     )
     .unwrap();
@@ -177,7 +210,12 @@ fn antipodal_log_names_the_row() {
     // In f64 through a broadcast: x (4, 3) against (2, 4, 3), the antipodal row is 1·4 + 2 = 6.
     let x64 = x.to_dtype(DType::F64).unwrap();
     let far = Tensor::new(
-        &[[0.0f64, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]],
+        &[
+            [0.0f64, 1.0, 0.0],
+            [0.0, 0.0, 1.0],
+            [0.0, 0.0, 1.0],
+            [1.0, 0.0, 0.0],
+        ],
         &Device::Cpu,
     )
     .unwrap();
@@ -199,7 +237,11 @@ fn bad_tensors_are_typed_errors() {
     let y2 = Tensor::new(&[[0.0f64, 1.0]], &Device::Cpu).unwrap();
     assert!(matches!(
         exp_map(&y, &y2, 1.0),
-        Err(SphereError::DimensionMismatch { left: 3, right: 2, .. })
+        Err(SphereError::DimensionMismatch {
+            left: 3,
+            right: 2,
+            ..
+        })
     ));
     let h = y.to_dtype(DType::F16).unwrap();
     assert!(matches!(
@@ -221,7 +263,7 @@ fn karcher_mean_matches_reference_per_set() {
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let (sets, m, n, r) = (3, 7, 16, 4.0);
     // Each set: a vMF cloud around its own pole (κ = 20), well inside a hemisphere.
-    let mut data = Vec::new();
+    let mut data: Vec<f64> = Vec::new();
     let mut ref_sets = Vec::new();
     for _ in 0..sets {
         let pole = reference::sample_uniform(n, 1.0, &mut rng).unwrap();
@@ -244,7 +286,11 @@ fn karcher_mean_matches_reference_per_set() {
     let got = rows(&rep.mean);
     for (s, set) in ref_sets.iter().enumerate() {
         let want = reference::karcher_mean(set, r, 1e-12, 100).unwrap();
-        let err = got[s].iter().zip(&want.mean).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let err = got[s]
+            .iter()
+            .zip(&want.mean)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         assert!(err < 1e-10 * r, "set {s}: {err}");
     }
     // f32: same means to f32 accuracy, with a tolerance f32 can reach.
@@ -279,5 +325,8 @@ fn samplers_fill_tensors_on_the_sphere_reproducibly() {
     let mean = w.iter().sum::<f64>() / 2000.0;
     let var = w.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 1999.0;
     let a3 = 1.0 / 50f64.tanh() - 1.0 / 50.0;
-    assert!((mean - a3).abs() <= 3.0 * (var / 2000.0).sqrt(), "{mean} vs {a3}");
+    assert!(
+        (mean - a3).abs() <= 3.0 * (var / 2000.0).sqrt(),
+        "{mean} vs {a3}"
+    );
 }

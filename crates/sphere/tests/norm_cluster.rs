@@ -57,7 +57,10 @@ fn epsilon_to_zero_limit_reaches_the_unit_sphere() {
         let rep = layer_norm_sphere_check(&x, &layer_norm(&x, eps).unwrap(), eps).unwrap();
         let gap = 1.0 - rep.radius_min;
         // The largest gap belongs to the smallest σ²: ε/(2σ²_min) up to a relative O(ε/σ²) term.
-        assert!((gap / (eps * max_gap) - 1.0).abs() < 2.0 * eps * 2.0 * max_gap, "ε={eps}: {gap}");
+        assert!(
+            (gap / (eps * max_gap) - 1.0).abs() < 2.0 * eps * 2.0 * max_gap,
+            "ε={eps}: {gap}"
+        );
         assert!(rep.max_relative_deviation < 1e-13);
     }
 }
@@ -85,7 +88,10 @@ fn rms_norm_lies_on_full_sphere() {
     let rep = rms_norm_sphere_check(&x, &rms_norm(&x, eps).unwrap(), eps).unwrap();
     // The zero token is degenerate (output 0) and excluded from the deviation.
     assert_eq!(rep.degenerate_tokens, 1);
-    assert!((rep.radius_max - (7.5f64 / 8.0).sqrt()).abs() < 1e-12, "{rep:?}");
+    assert!(
+        (rep.radius_max - (7.5f64 / 8.0).sqrt()).abs() < 1e-12,
+        "{rep:?}"
+    );
     assert_eq!(rep.radius_min, 0.0);
     assert!(rep.max_relative_deviation < 1e-12);
 }
@@ -97,7 +103,10 @@ fn layer_norm_check_on_random_f32_tokens() {
     let rep = layer_norm_sphere_check(&x, &y, 1e-5).unwrap();
     assert_eq!((rep.tokens, rep.n), (36, 48));
     // f32: per-token sums over 48 entries have relative error ≤ 48 × 6e-8 ≈ 3e-6.
-    assert!(rep.max_relative_deviation < 1e-5 && rep.max_centring < 1e-4, "{rep:?}");
+    assert!(
+        rep.max_relative_deviation < 1e-5 && rep.max_centring < 1e-4,
+        "{rep:?}"
+    );
     assert!((rep.radius_mean - 1.0).abs() < 1e-5);
 }
 
@@ -107,19 +116,28 @@ fn affine_output_lies_on_its_ellipsoid() {
     let n = 16;
     let v: Vec<f64> = (0..5 * n).map(|_| rng.random_range(-3.0..3.0)).collect();
     let x = t64(&v, &[5, n]);
-    let g: Vec<f64> = (0..n).map(|i| if i % 2 == 0 { 0.5 } else { -2.0 } + i as f64 * 0.1).collect();
+    let g: Vec<f64> = (0..n)
+        .map(|i| if i % 2 == 0 { 0.5 } else { -2.0 } + i as f64 * 0.1)
+        .collect();
     let b: Vec<f64> = (0..n).map(|i| (i as f64).cos()).collect();
     let (gamma, beta) = (t64(&g, &[n]), t64(&b, &[n]));
     let eps = 0.3;
     let y = layer_norm(&x, eps).unwrap();
-    let z = y.broadcast_mul(&gamma).unwrap().broadcast_add(&beta).unwrap();
+    let z = y
+        .broadcast_mul(&gamma)
+        .unwrap()
+        .broadcast_add(&beta)
+        .unwrap();
     let pred = RadiusPrediction::FromInput {
         input: &x,
         eps,
         kind: NormKind::LayerNorm,
     };
     let rep = affine_ellipsoid_check(&z, &gamma, Some(&beta), pred).unwrap();
-    assert!(rep.max_relative_residual < 1e-12 && rep.max_centring < 1e-12, "{rep:?}");
+    assert!(
+        rep.max_relative_residual < 1e-12 && rep.max_centring < 1e-12,
+        "{rep:?}"
+    );
     // Against the ε → 0 sphere the residual is the shrinkage 1 − sqrt(σ²/(σ² + ε)) > 0.
     let lim = affine_ellipsoid_check(&z, &gamma, Some(&beta), RadiusPrediction::Limit).unwrap();
     assert!((lim.max_abs_residual - (1.0 - lim.scaled_radius_min)).abs() < 1e-12);
@@ -176,8 +194,14 @@ fn cluster_stats_hand_counted() {
     let x = t64(&v, &[5, 3]);
     let st = cluster_stats(&x, 0.1).unwrap();
     assert_eq!((st.sequences, st.tokens_per_sequence), (1, 5));
-    assert!((st.mean_cosine - 0.4).abs() < 1e-15 && st.min_cosine.abs() < 1e-15, "{st:?}");
-    assert_eq!((st.mean_clusters, st.min_clusters, st.max_clusters), (2.0, 2, 2));
+    assert!(
+        (st.mean_cosine - 0.4).abs() < 1e-15 && st.min_cosine.abs() < 1e-15,
+        "{st:?}"
+    );
+    assert_eq!(
+        (st.mean_clusters, st.min_clusters, st.max_clusters),
+        (2.0, 2, 2)
+    );
     // ε = 1.5: edges where cosine > −0.5, i.e. everywhere → one cluster.
     assert_eq!(cluster_stats(&x, 1.5).unwrap().max_clusters, 1);
 
@@ -195,8 +219,14 @@ fn cluster_stats_hand_counted() {
     assert_eq!((st.min_clusters, st.max_clusters), (1, 2));
     assert!((st.mean_clusters - 1.5).abs() < 1e-15);
     // Mean cosine of the chain: Σ_{i<j} cos(0.3 (j − i)) / 10, averaged with the first sequence.
-    let chain: f64 = (1..5).map(|d| (5 - d) as f64 * (0.3 * d as f64).cos()).sum::<f64>() / 10.0;
-    assert!((st.mean_cosine - (0.4 + chain) / 2.0).abs() < 1e-14, "{st:?}");
+    let chain: f64 = (1..5)
+        .map(|d| (5 - d) as f64 * (0.3 * d as f64).cos())
+        .sum::<f64>()
+        / 10.0;
+    assert!(
+        (st.mean_cosine - (0.4 + chain) / 2.0).abs() < 1e-14,
+        "{st:?}"
+    );
     assert_eq!(cluster_stats(&both, 0.01).unwrap().max_clusters, 5);
     // f32 gives the same counts.
     let st32 = cluster_stats(&both.to_dtype(DType::F32).unwrap(), 0.05).unwrap();
@@ -207,7 +237,9 @@ fn cluster_stats_hand_counted() {
 fn cluster_stats_matches_dense_reference() {
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     let (b, t, n) = (3, 20, 6);
-    let v: Vec<f64> = (0..b * t * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let v: Vec<f64> = (0..b * t * n)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     let st = cluster_stats(&t64(&v, &[b, t, n]), 0.3).unwrap();
     let (mut mean, mut min) = (0.0, f64::INFINITY);
     for s in v.chunks(t * n) {

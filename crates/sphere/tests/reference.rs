@@ -151,7 +151,10 @@ fn quarter_circle_and_half_circle_exact() {
 fn antipodal_log_and_transport_are_errors() {
     let x = [0.6, 0.8, 0.0];
     let y = [-0.6, -0.8, 0.0];
-    assert!(matches!(log_map(&x, &y, 1.0), Err(SphereError::Antipodal { .. })));
+    assert!(matches!(
+        log_map(&x, &y, 1.0),
+        Err(SphereError::Antipodal { .. })
+    ));
     assert!(matches!(
         parallel_transport(&x, &y, &[0.0, 0.0, 1.0], 1.0),
         Err(SphereError::Antipodal { .. })
@@ -173,7 +176,11 @@ fn antipodal_log_and_transport_are_errors() {
 fn bad_inputs_are_typed_errors() {
     assert!(matches!(
         geodesic_distance(&[1.0, 0.0], &[1.0, 0.0, 0.0], 1.0),
-        Err(SphereError::DimensionMismatch { left: 2, right: 3, .. })
+        Err(SphereError::DimensionMismatch {
+            left: 2,
+            right: 3,
+            ..
+        })
     ));
     assert!(matches!(
         exp_map(&[1.0, 0.0], &[0.0, 1.0], 0.0),
@@ -183,7 +190,10 @@ fn bad_inputs_are_typed_errors() {
         log_map(&[0.0, 0.0], &[0.0, 1.0], 1.0),
         Err(SphereError::DegeneratePoint { index: 0, .. })
     ));
-    assert!(matches!(chordal_distance(&[], &[]), Err(SphereError::Empty { .. })));
+    assert!(matches!(
+        chordal_distance(&[], &[]),
+        Err(SphereError::Empty { .. })
+    ));
     assert!(matches!(
         karcher_mean(&[], 1.0, 1e-9, 10),
         Err(SphereError::Empty { .. })
@@ -241,7 +251,8 @@ fn karcher_mean_is_stationary_and_differs_from_euclidean() {
     };
     assert!(grad(&rep.mean) < 1e-11);
     let mut euc = vec![0.0; 3];
-    pts.iter().for_each(|p| euc.iter_mut().zip(p).for_each(|(e, v)| *e += v));
+    pts.iter()
+        .for_each(|p| euc.iter_mut().zip(p).for_each(|(e, v)| *e += v));
     assert!(grad(&on_sphere(&euc, r)) > 1e-3);
     // An iteration cap that is too small is reported, not hidden.
     let short = karcher_mean(&pts, r, 1e-12, 1).unwrap();
@@ -276,10 +287,21 @@ fn bessel_ratio_matches_closed_forms_and_series() {
         let tol = if x < 0.1 { 1e-9 } else { 1e-14 };
         assert!((r - a3).abs() <= tol * a3, "x={x}: {r} vs {a3}");
     }
-    for &(nu, x) in &[(1, 1.0), (1, 10.0), (8, 1.0), (8, 10.0), (32, 10.0), (32, 100.0), (31, 30.0)] {
+    for &(nu, x) in &[
+        (1, 1.0),
+        (1, 10.0),
+        (8, 1.0),
+        (8, 10.0),
+        (32, 10.0),
+        (32, 100.0),
+        (31, 30.0),
+    ] {
         let want = bessel_i_series(nu, x) / bessel_i_series(nu - 1, x);
         let got = bessel_ratio(nu as f64, x).unwrap();
-        assert!((got - want).abs() <= 1e-13 * want, "ν={nu} x={x}: {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-13 * want,
+            "ν={nu} x={x}: {got} vs {want}"
+        );
     }
     // A tabulated value: I_1(1)/I_0(1) = 0.565159103992485 / 1.266065877752008.
     let tab = 0.565_159_103_992_485 / 1.266_065_877_752_008;
@@ -304,7 +326,10 @@ fn von_mises_fisher_mean_resultant_length() {
     let mut rng = ChaCha8Rng::seed_from_u64(2024);
     for &n in &[3usize, 16, 64] {
         // μ: a generic unit vector, not a basis vector.
-        let mu = on_sphere(&(0..n).map(|i| 1.0 + i as f64 * 0.1).collect::<Vec<_>>(), 1.0);
+        let mu = on_sphere(
+            &(0..n).map(|i| 1.0 + i as f64 * 0.1).collect::<Vec<_>>(),
+            1.0,
+        );
         for &kappa in &[1.0, 10.0, 100.0] {
             let w: Vec<f64> = (0..m)
                 .map(|_| {
@@ -332,7 +357,10 @@ fn uniform_samples_have_zero_mean_projection_and_second_moment_one_over_n() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     for &n in &[3usize, 16, 64] {
         let r = 2.5;
-        let mu = on_sphere(&(0..n).map(|i| (i as f64).sin() + 0.5).collect::<Vec<_>>(), 1.0);
+        let mu = on_sphere(
+            &(0..n).map(|i| (i as f64).sin() + 0.5).collect::<Vec<_>>(),
+            1.0,
+        );
         let w: Vec<f64> = (0..m)
             .map(|_| {
                 let x = sample_uniform(n, r, &mut rng).unwrap();
@@ -341,11 +369,18 @@ fn uniform_samples_have_zero_mean_projection_and_second_moment_one_over_n() {
             })
             .collect();
         let (mean, se) = mean_se(&w);
-        assert!(mean.abs() <= 3.0 * se, "n={n}: mean {mean}, 3SE {}", 3.0 * se);
+        assert!(
+            mean.abs() <= 3.0 * se,
+            "n={n}: mean {mean}, 3SE {}",
+            3.0 * se
+        );
         let w2: Vec<f64> = w.iter().map(|a| a * a).collect();
         let (mean2, se2) = mean_se(&w2);
         let want = 1.0 / n as f64;
-        assert!((mean2 - want).abs() <= 3.0 * se2, "n={n}: E w² {mean2} vs {want}");
+        assert!(
+            (mean2 - want).abs() <= 3.0 * se2,
+            "n={n}: E w² {mean2} vs {want}"
+        );
     }
 }
 
