@@ -75,7 +75,11 @@ pub fn dfa(series: &[f64], cfg: &DfaConfig) -> Result<Dfa> {
     }
     let (lo, hi) = ((cfg.min_scale as f64).ln(), (max as f64).ln());
     let mut scales: Vec<usize> = (0..cfg.scales)
-        .map(|i| (lo + (hi - lo) * i as f64 / (cfg.scales - 1) as f64).exp().round() as usize)
+        .map(|i| {
+            (lo + (hi - lo) * i as f64 / (cfg.scales - 1) as f64)
+                .exp()
+                .round() as usize
+        })
         .collect();
     scales.dedup();
     let mut fluctuation = Vec::with_capacity(scales.len());
@@ -110,7 +114,11 @@ fn detrended_ms(y: &[f64]) -> f64 {
     let jm = (s - 1.0) / 2.0;
     let ym = y.iter().sum::<f64>() / s;
     let sxx = s * (s * s - 1.0) / 12.0;
-    let sxy: f64 = y.iter().enumerate().map(|(j, v)| (j as f64 - jm) * (v - ym)).sum();
+    let sxy: f64 = y
+        .iter()
+        .enumerate()
+        .map(|(j, v)| (j as f64 - jm) * (v - ym))
+        .sum();
     let b = sxy / sxx;
     y.iter()
         .enumerate()
@@ -134,7 +142,9 @@ mod tests {
     #[test]
     fn alternating_noise_has_flat_fluctuation_slope_below_half() {
         // x = ±1 alternating: the profile is bounded, so F(s) does not grow: H well below 1/2.
-        let x: Vec<f64> = (0..400).map(|i| if i % 2 == 0 { 1.0 } else { -1.0 }).collect();
+        let x: Vec<f64> = (0..400)
+            .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
         let d = dfa(&x, &DfaConfig::default()).unwrap();
         assert!(d.hurst < 0.1, "H = {}", d.hurst);
     }

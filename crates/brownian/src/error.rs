@@ -30,7 +30,9 @@ pub enum BrownianError {
         shape: Vec<usize>,
     },
     /// A value is NaN or infinite.
-    #[error("non-finite value at member {member}, step {step}; remove diverged runs before analysing")]
+    #[error(
+        "non-finite value at member {member}, step {step}; remove diverged runs before analysing"
+    )]
     NonFinite {
         /// Ensemble member.
         member: usize,
@@ -60,7 +62,9 @@ pub enum BrownianError {
         step: usize,
     },
     /// The trajectories are too short (or the ensemble too small) for an estimator.
-    #[error("{what} needs at least {needed} but got {got}; record longer trajectories or more members")]
+    #[error(
+        "{what} needs at least {needed} but got {got}; record longer trajectories or more members"
+    )]
     TooShort {
         /// What is being counted and for which estimator.
         what: &'static str,
@@ -102,7 +106,9 @@ pub enum BrownianError {
         mean_cos: f64,
     },
     /// All increments are identical, so their shape statistics are undefined.
-    #[error("increments have zero variance (a pure drift or a constant series): {what} is undefined")]
+    #[error(
+        "increments have zero variance (a pure drift or a constant series): {what} is undefined"
+    )]
     DegenerateIncrements {
         /// Statistic that cannot be computed.
         what: &'static str,

@@ -31,6 +31,7 @@ fn standardised(traj: &Trajectories, what: &'static str) -> Result<(Vec<f64>, Ve
     let (m, n) = (traj.members(), traj.dim());
     let l = increments_per_member(traj, 2, "increment statistics, in time points,")?;
     let mut z = Vec::with_capacity(m * l * n);
+    let mut raw = vec![0.0; n];
     for mm in 0..m {
         let start = z.len();
         for t in 0..l {
@@ -38,6 +39,7 @@ fn standardised(traj: &Trajectories, what: &'static str) -> Result<(Vec<f64>, Ve
             z.extend(a.iter().zip(b).map(|(x, y)| y - x));
         }
         for i in 0..n {
+            raw[i] += (0..l).map(|t| z[start + t * n + i].powi(2)).sum::<f64>();
             let mean = (0..l).map(|t| z[start + t * n + i]).sum::<f64>() / l as f64;
             (0..l).for_each(|t| z[start + t * n + i] -= mean);
         }
@@ -46,10 +48,13 @@ fn standardised(traj: &Trajectories, what: &'static str) -> Result<(Vec<f64>, Ve
     for row in z.chunks_exact(n) {
         var.iter_mut().zip(row).for_each(|(v, x)| *v += x * x);
     }
-    // A coordinate counts as moving when its spread is not rounding noise of the centring.
-    let scale: f64 = z.iter().map(|v| v.abs()).fold(0.0, f64::max);
-    let floor = (scale * 1e-12).powi(2) * (m * l) as f64;
-    let usable: Vec<bool> = var.iter().map(|&v| v > floor && v > 0.0).collect();
+    // A coordinate counts as moving when its spread about the drift exceeds 1e-10 of the
+    // increments' own size: below that it is the rounding of X_(t+1) − X_t, not noise.
+    let usable: Vec<bool> = var
+        .iter()
+        .zip(&raw)
+        .map(|(&v, &r)| v > 0.0 && v > 1e-20 * r)
+        .collect();
     if !usable.iter().any(|&u| u) {
         return Err(BrownianError::DegenerateIncrements { what });
     }
@@ -133,7 +138,11 @@ pub fn autocorrelation(traj: &Trajectories, k: usize) -> Result<Autocorrelation>
             expected: "a lag ≥ 1",
         });
     }
-    let l = increments_per_member(traj, k + 1, "a lag-k autocorrelation (T ≥ k + 2), in time points,")?;
+    let l = increments_per_member(
+        traj,
+        k + 1,
+        "a lag-k autocorrelation (T ≥ k + 2), in time points,",
+    )?;
     let (z, usable) = standardised(traj, "the autocorrelation")?;
     let n = traj.dim();
     let (mut num, mut den) = (0.0, 0.0);
@@ -217,13 +226,20 @@ pub fn drift_decomposition(traj: &Trajectories) -> Result<DriftDecomposition> {
         let mut mu = vec![0.0; n];
         for t in 0..l {
             let (a, b) = (traj.point(mm, t), traj.point(mm, t + 1));
-            mu.iter_mut().zip(a.iter().zip(b)).for_each(|(u, (x, y))| *u += y - x);
+            mu.iter_mut()
+                .zip(a.iter().zip(b))
+                .for_each(|(u, (x, y))| *u += y - x);
         }
         mu.iter_mut().for_each(|u| *u /= l as f64);
         let mut ss = 0.0;
         for t in 0..l {
             let (a, b) = (traj.point(mm, t), traj.point(mm, t + 1));
-            ss += a.iter().zip(b).zip(&mu).map(|((x, y), u)| (y - x - u).powi(2)).sum::<f64>();
+            ss += a
+                .iter()
+                .zip(b)
+                .zip(&mu)
+                .map(|((x, y), u)| (y - x - u).powi(2))
+                .sum::<f64>();
         }
         trace_cov += ss / (l - 1) as f64;
         drift_sq += mu.iter().map(|u| u * u).sum::<f64>();
@@ -288,8 +304,17 @@ mod tests {
     fn short_series_are_typed_errors() {
         let t = series(&[0.0, 1.0]);
         assert!(matches!(normality(&t), Err(BrownianError::TooShort { .. })));
-        assert!(matches!(autocorrelation(&series(&[0.0, 1.0, 3.0]), 1), Err(BrownianError::TooShort { .. })));
-        assert!(matches!(drift_decomposition(&t), Err(BrownianError::TooShort { .. })));
-        assert!(matches!(quadratic_variation_r2(&series(&[1.0; 5])), Err(BrownianError::NoMotion { .. })));
+        assert!(matches!(
+            autocorrelation(&series(&[0.0, 1.0, 3.0]), 2),
+            Err(BrownianError::TooShort { .. })
+        ));
+        assert!(matches!(
+            drift_decomposition(&t),
+            Err(BrownianError::TooShort { .. })
+        ));
+        assert!(matches!(
+            quadratic_variation_r2(&series(&[1.0; 5])),
+            Err(BrownianError::NoMotion { .. })
+        ));
     }
 }

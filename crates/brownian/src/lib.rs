@@ -64,7 +64,7 @@ pub use dfa::{dfa, Dfa, DfaConfig};
 pub use error::{BrownianError, Result};
 pub use ito::{ito_drift, ItoDrift};
 pub use msd::{
-    diffusion_coefficient, fit_power_law, msd_curve, msd_exponent, LagWindow, MsdExponent,
-    MsdKind, PowerLawFit,
+    diffusion_coefficient, fit_power_law, msd_curve, msd_exponent, LagWindow, MsdExponent, MsdKind,
+    PowerLawFit,
 };
 pub use trajectory::{Geometry, Trajectories, SPHERE_RTOL};

@@ -233,7 +233,11 @@ pub(crate) fn ols(xy: &[(f64, f64)]) -> Result<(f64, f64, f64)> {
         });
     }
     let b = sxy / sxx;
-    let r2 = if syy > 0.0 { sxy * sxy / (sxx * syy) } else { 1.0 };
+    let r2 = if syy > 0.0 {
+        sxy * sxy / (sxx * syy)
+    } else {
+        1.0
+    };
     Ok((b, my - b * mx, r2))
 }
 
@@ -283,7 +287,10 @@ pub fn msd_exponent(
     let lags = window.lags(traj.steps())?;
     let per = msd_per_member(traj, kind, &lags)?;
     let points = |means: &[f64]| -> Vec<(f64, f64)> {
-        lags.iter().zip(means).map(|(&l, &v)| (l as f64, v)).collect()
+        lags.iter()
+            .zip(means)
+            .map(|(&l, &v)| (l as f64, v))
+            .collect()
     };
     let mean = ensemble_mean(&per, &lags, None);
     let fit = fit_power_law(&points(&mean))?;
@@ -406,7 +413,9 @@ mod tests {
 
     #[test]
     fn exact_power_law_is_recovered() {
-        let pts: Vec<(f64, f64)> = (1..20).map(|t| (t as f64, 3.0 * (t as f64).powf(1.37))).collect();
+        let pts: Vec<(f64, f64)> = (1..20)
+            .map(|t| (t as f64, 3.0 * (t as f64).powf(1.37)))
+            .collect();
         let f = fit_power_law(&pts).unwrap();
         assert!((f.alpha - 1.37).abs() < 1e-12);
         assert!((f.log_k - 3f64.ln()).abs() < 1e-12);

@@ -8,7 +8,11 @@ use rand::Rng;
 use rand_distr::StandardNormal;
 
 fn check_sizes(members: usize, steps: usize, dim: usize) -> Result<()> {
-    for (what, v) in [("member", members), ("time step", steps), ("dimension", dim)] {
+    for (what, v) in [
+        ("member", members),
+        ("time step", steps),
+        ("dimension", dim),
+    ] {
         if v == 0 {
             return Err(BrownianError::Empty { what });
         }
@@ -355,7 +359,10 @@ mod tests {
         }
         for (k, c) in cov.iter().enumerate() {
             let est = c / (2 * reps) as f64;
-            assert!((est - fgn_autocovariance(h, k)).abs() < 0.063, "lag {k}: {est}");
+            assert!(
+                (est - fgn_autocovariance(h, k)).abs() < 0.063,
+                "lag {k}: {est}"
+            );
         }
     }
 
@@ -381,7 +388,10 @@ mod tests {
         let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (draws - 1) as f64;
         let se = (var / draws as f64).sqrt();
         let exact = geodesic_step_factor(n, 1.0, ddt, 1.0).unwrap();
-        assert!((mean - exact).abs() < 4.0 * se, "{mean} vs {exact}, SE {se}");
+        assert!(
+            (mean - exact).abs() < 4.0 * se,
+            "{mean} vs {exact}, SE {se}"
+        );
         assert!((exact - (-(n as f64 - 1.0) * ddt).exp()).abs() > 8.0 * se);
         // Small steps: ln φ = −kx − k(k−1)x²/3 + O(x³) (k = n − 1, x = DΔt/r²), so
         // D_eff/D − 1 = (k−1)x/3 to relative accuracy O(kx).

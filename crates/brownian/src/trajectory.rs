@@ -48,7 +48,11 @@ impl Trajectories {
         dim: usize,
         geometry: Geometry,
     ) -> Result<Self> {
-        for (what, v) in [("member", members), ("time step", steps), ("dimension", dim)] {
+        for (what, v) in [
+            ("member", members),
+            ("time step", steps),
+            ("dimension", dim),
+        ] {
             if v == 0 {
                 return Err(BrownianError::Empty { what });
             }
@@ -119,7 +123,10 @@ impl Trajectories {
                 })
             }
         };
-        let data = tensor.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let data = tensor
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
         Self::new(data, m, t, n, geometry)
     }
 
