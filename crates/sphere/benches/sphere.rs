@@ -45,7 +45,7 @@ fn main() {
         let y = norm::layer_norm(&random(shape, &mut rng), 1e-5).unwrap();
         let v = random(shape, &mut rng);
         let label = format!("{} × {} × {}", shape.0, shape.1, shape.2);
-        let mut row = |name: &str, f: &mut dyn FnMut()| {
+        let row = |name: &str, f: &mut dyn FnMut()| {
             println!("| {label} | {name} | {:.3} |", median_ms(repeats, f));
         };
         row("geodesic_distance", &mut || {

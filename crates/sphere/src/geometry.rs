@@ -219,7 +219,7 @@ fn log_dir_unit(op: &'static str, xh: &Tensor, yh: &Tensor) -> Result<(Tensor, T
     if let Some((row, &g)) = host_f64(&gap)?
         .iter()
         .enumerate()
-        .find(|(_, g)| !(**g >= tol))
+        .find(|(_, g)| g.is_nan() || **g < tol)
     {
         return Err(SphereError::Antipodal {
             op,

@@ -338,7 +338,7 @@ pub fn sample_von_mises_fisher(mu: &[f64], kappa: f64, rng: &mut impl Rng) -> Re
         });
     }
     let nmu = norm(mu);
-    if !((nmu - 1.0).abs() <= 1e-9) {
+    if nmu.is_nan() || (nmu - 1.0).abs() > 1e-9 {
         return Err(SphereError::NotUnitVector { op: OP, norm: nmu });
     }
     if !(kappa >= 0.0 && kappa.is_finite()) {
