@@ -24,7 +24,9 @@ pub enum MarkovError {
         t: usize,
     },
     /// An empty batch or zero heads.
-    #[error("empty input: batch = {batch}, heads = {heads}; pass at least one (batch, head) matrix")]
+    #[error(
+        "empty input: batch = {batch}, heads = {heads}; pass at least one (batch, head) matrix"
+    )]
     Empty {
         /// Batch size received.
         batch: usize,

@@ -157,7 +157,11 @@ fn softmax_host(
 ) -> Result<Vec<f64>> {
     let _ = batch;
     let mut out = vec![0.0; scores.len()];
-    for (r, (row, dst)) in scores.chunks_exact(t).zip(out.chunks_exact_mut(t)).enumerate() {
+    for (r, (row, dst)) in scores
+        .chunks_exact(t)
+        .zip(out.chunks_exact_mut(t))
+        .enumerate()
+    {
         let (b, h, i) = (r / (heads * t), (r / t) % heads, r % t);
         let mut max = f64::NEG_INFINITY;
         for (j, &s) in row.iter().enumerate() {
@@ -223,7 +227,13 @@ impl AttentionKernels {
 
     /// From host probabilities, row-major (batch, heads, T, T); checked as in
     /// [`from_probs`](Self::from_probs).
-    pub fn from_host(batch: usize, heads: usize, t: usize, data: Vec<f64>, tol: f64) -> Result<Self> {
+    pub fn from_host(
+        batch: usize,
+        heads: usize,
+        t: usize,
+        data: Vec<f64>,
+        tol: f64,
+    ) -> Result<Self> {
         check_sizes(batch, heads, t)?;
         if data.len() != batch * heads * t * t {
             return Err(MarkovError::Shape {

@@ -318,11 +318,7 @@ impl<'a> KernelView<'a> {
         for i in 0..t {
             let ri = self.row(i);
             for j in i + 1..t {
-                let d: f64 = ri
-                    .iter()
-                    .zip(self.row(j))
-                    .map(|(a, b)| (a - b).abs())
-                    .sum();
+                let d: f64 = ri.iter().zip(self.row(j)).map(|(a, b)| (a - b).abs()).sum();
                 best = best.max(d);
             }
         }

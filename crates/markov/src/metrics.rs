@@ -5,7 +5,9 @@ use rayon::prelude::*;
 
 use crate::error::{MarkovError, Result};
 use crate::kernels::AttentionKernels;
-use crate::matrix::{entropy, KernelView, SinkhornOptions, SinkhornResult, Stationary, StationaryMethod};
+use crate::matrix::{
+    entropy, KernelView, SinkhornOptions, SinkhornResult, Stationary, StationaryMethod,
+};
 
 /// Options for [`kernel_metrics`] and [`AttentionKernels::metrics`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -114,7 +116,12 @@ fn check_opts(opts: &MetricsOptions) -> Result<()> {
 }
 
 /// All [`KernelMetrics`] of one matrix. `(b, h)` only label an eigen-solver error.
-fn metrics_of(p: KernelView<'_>, opts: &MetricsOptions, b: usize, h: usize) -> Result<KernelMetrics> {
+fn metrics_of(
+    p: KernelView<'_>,
+    opts: &MetricsOptions,
+    b: usize,
+    h: usize,
+) -> Result<KernelMetrics> {
     let t = p.tokens() as f64;
     let st = p.stationary(opts.stationary)?;
     let pi = &st.pi;
@@ -160,7 +167,9 @@ pub fn summarize_heads(metrics: &[KernelMetrics], heads: usize) -> Result<Vec<He
     if heads == 0 || metrics.is_empty() || metrics.len() % heads != 0 {
         return Err(MarkovError::Shape {
             what: "metrics for summarize_heads",
-            expected: format!("a non-empty multiple of heads = {heads} entries, laid out b·heads + h"),
+            expected: format!(
+                "a non-empty multiple of heads = {heads} entries, laid out b·heads + h"
+            ),
             got: vec![metrics.len()],
         });
     }
@@ -240,7 +249,9 @@ impl AttentionKernels {
     /// The Sinkhorn projection of every (b, h), laid out `[b * heads + h]`.
     pub fn sinkhorn(&self, opts: SinkhornOptions) -> Result<Vec<SinkhornResult>> {
         let mats: Vec<_> = self.matrices().collect();
-        mats.into_par_iter().map(|(_, _, p)| p.sinkhorn(opts)).collect()
+        mats.into_par_iter()
+            .map(|(_, _, p)| p.sinkhorn(opts))
+            .collect()
     }
 
     /// Rank-collapse ratios for token features `x` of shape (T, n) (shared by the batch) or
