@@ -32,6 +32,20 @@ pub enum KfacError {
     /// Saved optimizer state does not match the parameters it is loaded into.
     #[error("optimizer state does not match the model: {0}. Resume with the same model and optimizer the state was saved with.")]
     StateMismatch(String),
+    /// A curvature capture names a layer the optimizer does not precondition, or names one twice.
+    #[error("curvature capture for layer `{layer}`: {problem}. Pass one capture per preconditioned layer, named as in `PreconditionedLayer::name`.")]
+    Capture {
+        /// The capture's layer name.
+        layer: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// Two settings that are each valid cannot be combined.
+    #[error("incompatible settings: {0}")]
+    Incompatible(String),
+    /// A tensor holds NaN or infinite values where finite ones are required.
+    #[error("{0} holds NaN or infinite values; check the model's forward pass and learning rate")]
+    NonFinite(String),
     /// An error from Candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -10,10 +10,23 @@
 //! K-FAC composes with: preconditioned layers take SGD with momentum, the rest AdamW.
 #![deny(missing_docs)]
 
+pub mod cg;
 pub mod error;
+pub mod factors;
+mod linalg;
 pub mod optim;
+pub mod precond;
 pub mod tracked;
 
+#[cfg(test)]
+mod tests;
+
+pub use cg::{conjugate_gradient, CgOutcome, CgSettings};
 pub use error::{KfacError, Result};
+pub use factors::{kronecker_factors, kronecker_quadratic_form, CurvatureRows, WeightSharing};
+pub use precond::{
+    sample_labels, DampingKind, FisherType, KfacConfig, KfacOptimizer, KfacStepStats,
+    PreconditionedLayer, Preconditioner, Solver,
+};
 pub use optim::{AdamW, AdamWConfig, GradientSource, NamedParams, Optimizer, SgdMomentum};
 pub use tracked::{linear_vars, LayerCapture, TrackedLinear};

@@ -1,0 +1,95 @@
+//! Conjugate gradient on the Kronecker-factored system `M(X) = ∇W̄` (MATH §5), for any symmetric
+//! positive definite operator `M` under the Frobenius inner product.
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+use crate::factors::frobenius;
+
+/// Stopping rule and iteration cap of CG-FAC.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CgSettings {
+    /// Stop when `ρ'/ρ₀ = ‖r‖²/‖r₀‖² < tol` (squared norms: 1e-2 means a tenfold residual drop).
+    pub tol: f64,
+    /// Iteration cap `k_max`.
+    pub max_iters: usize,
+}
+
+/// What one CG solve did.
+#[derive(Debug, Clone)]
+pub struct CgOutcome {
+    /// The solution `X`, or `None` after a breakdown (the caller falls back to the gradient).
+    pub solution: Option<Tensor>,
+    /// Iterations run (operator applications after the initial residual).
+    pub iterations: usize,
+    /// `ρ'/ρ₀` at exit (0 when the start was already exact).
+    pub relative_residual: f64,
+    /// Whether a breakdown was detected: `⟨p, M p⟩ ≤ 0`, a non-finite value, or `ρ' > ρ₀` at exit.
+    pub breakdown: bool,
+}
+
+/// Solves `M(X) = b` from `x0` (warm start) or 0, MATH §5 exactly:
+/// `r = b − M(X); p = r; ρ = ρ₀ = ⟨r,r⟩`; each iteration `u = M(p); α = ρ/⟨p,u⟩; X += αp;
+/// r −= αu; ρ' = ⟨r,r⟩`; stop when `ρ'/ρ₀ < tol`; else `p = r + (ρ'/ρ)p`.
+pub fn conjugate_gradient(
+    op: impl Fn(&Tensor) -> Result<Tensor>,
+    b: &Tensor,
+    x0: Option<&Tensor>,
+    settings: CgSettings,
+) -> Result<CgOutcome> {
+    let (mut x, mut r) = match x0 {
+        Some(x0) => (x0.clone(), (b - op(x0)?)?),
+        None => (b.zeros_like()?, b.clone()),
+    };
+    let rho0 = frobenius(&r, &r)?;
+    let broke = |iterations, rel| CgOutcome {
+        solution: None,
+        iterations,
+        relative_residual: rel,
+        breakdown: true,
+    };
+    if !rho0.is_finite() {
+        return Ok(broke(0, f64::NAN));
+    }
+    if rho0 == 0.0 {
+        return Ok(CgOutcome {
+            solution: Some(x),
+            iterations: 0,
+            relative_residual: 0.0,
+            breakdown: false,
+        });
+    }
+    let mut p = r.clone();
+    let mut rho = rho0;
+    let mut iterations = 0;
+    while iterations < settings.max_iters {
+        let u = op(&p)?;
+        let pu = frobenius(&p, &u)?;
+        iterations += 1;
+        if !(pu > 0.0) || !pu.is_finite() {
+            return Ok(broke(iterations, rho / rho0));
+        }
+        let alpha = rho / pu;
+        x = (x + (&p * alpha)?)?;
+        r = (r - (&u * alpha)?)?;
+        let rho_new = frobenius(&r, &r)?;
+        if !rho_new.is_finite() {
+            return Ok(broke(iterations, f64::NAN));
+        }
+        if rho_new / rho0 < settings.tol {
+            rho = rho_new;
+            break;
+        }
+        p = (&r + (p * (rho_new / rho))?)?;
+        rho = rho_new;
+    }
+    if rho > rho0 {
+        return Ok(broke(iterations, rho / rho0));
+    }
+    Ok(CgOutcome {
+        solution: Some(x),
+        iterations,
+        relative_residual: rho / rho0,
+        breakdown: false,
+    })
+}
