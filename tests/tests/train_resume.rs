@@ -1,0 +1,106 @@
+//! End-to-end runs of the trainer: learning well above chance, exact resume, every parameter
+//! receiving a gradient.
+
+use std::path::{Path, PathBuf};
+
+use bmt_trainer::config::TrainConfig;
+use bmt_trainer::data::{load_digits, Dataset};
+use bmt_trainer::model::{cross_entropy, Vit};
+use bmt_trainer::run::{run, RunOptions};
+use candle_core::{DType, Device};
+use serde_json::Value;
+
+fn tmp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("bmt-e2e-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// The metrics of a run with the wall-clock fields removed (they differ between any two runs).
+fn metrics_without_time(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            strip_time(&mut v);
+            v
+        })
+        .collect()
+}
+
+fn strip_time(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|k, _| !k.contains("seconds") && !k.ends_with("_s"));
+            m.values_mut().for_each(strip_time);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_time),
+        _ => {}
+    }
+}
+
+/// A 6-epoch run, and a 3-epoch run resumed for 3 more, give identical metrics and weights; the
+/// 6-epoch run also learns: measured 0.72 test accuracy after 3 epochs and 0.87 after 6 with seed 0
+/// (PyTorch: 0.76 after 3), against 0.10 for chance; the threshold 0.75 leaves room for a
+/// different but correct numerical path while failing any run that does not learn.
+#[test]
+fn six_epochs_equal_three_plus_three_and_beat_chance() {
+    let mut config = TrainConfig::w1();
+    config.epochs = 6;
+    config.log_every = 4;
+    let full = tmp("full");
+    let summary = run(config.clone(), &full, &RunOptions { quiet: true, ..Default::default() }).unwrap();
+    assert!(summary.final_test_accuracy > 0.75, "6 epochs reached only {}", summary.final_test_accuracy);
+    assert_eq!(summary.steps, 6 * 22);
+
+    let split = tmp("split");
+    let mut first = config.clone();
+    first.epochs = 3;
+    run(first, &split, &RunOptions { quiet: true, ..Default::default() }).unwrap();
+    let resumed = run(config, &split, &RunOptions { resume: true, quiet: true, ..Default::default() }).unwrap();
+    assert_eq!(resumed.steps, 6 * 22);
+    assert_eq!(metrics_without_time(&full), metrics_without_time(&split));
+    assert_eq!(summary.final_test_accuracy, resumed.final_test_accuracy);
+    let a = bmt_trainer::checkpoint::load_latest(&full).unwrap().unwrap().0;
+    let b = bmt_trainer::checkpoint::load_latest(&split).unwrap().unwrap().0;
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, t) in &a {
+        let d = (t.to_dtype(DType::F64).unwrap() - b[k].to_dtype(DType::F64).unwrap()).unwrap();
+        let max = d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        assert_eq!(max, 0.0, "checkpoint tensor {k} differs");
+    }
+}
+
+/// Every parameter of W1 receives a non-zero gradient from one batch (catches layers whose
+/// backward silently drops gradients: CANDLE-NOTES.md).
+#[test]
+fn every_parameter_receives_a_nonzero_gradient() {
+    let data = load_digits(0).unwrap();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
+    let model = Vit::init(TrainConfig::w1().model, &mut rng, DType::F32, &Device::Cpu).unwrap();
+    let idx: Vec<usize> = (0..64).collect();
+    let b = data.train.batch(&idx, &Device::Cpu).unwrap();
+    let loss = cross_entropy(&model.forward(&b.inputs).unwrap(), &b.targets).unwrap();
+    let grads = loss.backward().unwrap();
+    // Per block: two LayerNorms (γ, β) and six linears (W, b); plus patch, CLS, positions, final LayerNorm, head.
+    assert_eq!(model.parameters().len(), 4 * 16 + 8);
+    for (name, var) in model.parameters() {
+        let g = grads.get(var).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(norm > 0.0 && norm.is_finite(), "gradient of {name} has squared norm {norm}");
+    }
+}
+
+/// Resuming a directory that holds no run, and impossible settings, are one-line errors.
+#[test]
+fn bad_resume_and_config_are_clear_errors() {
+    let empty = tmp("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = run(TrainConfig::w1(), &empty, &RunOptions { resume: true, quiet: true, ..Default::default() }).unwrap_err().to_string();
+    assert!(err.contains("config.json") && err.contains("cannot resume"), "{err}");
+    let mut c = TrainConfig::w1();
+    c.model.heads = 3;
+    let err = run(c, &tmp("bad"), &RunOptions { quiet: true, ..Default::default() }).unwrap_err().to_string();
+    assert!(err.contains("--heads"), "{err}");
+}
