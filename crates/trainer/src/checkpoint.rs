@@ -53,9 +53,21 @@ fn checksum(tensors: &BTreeMap<String, Tensor>) -> Result<u32> {
         h.update(format!("{:?}{:?}", t.dtype(), t.dims()).as_bytes());
         let cpu = t.to_device(&Device::Cpu)?.flatten_all()?;
         let bytes: Vec<u8> = match cpu.dtype() {
-            candle_core::DType::F64 => cpu.to_vec1::<f64>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            candle_core::DType::U32 => cpu.to_vec1::<u32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            candle_core::DType::I64 => cpu.to_vec1::<i64>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            candle_core::DType::F64 => cpu
+                .to_vec1::<f64>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+            candle_core::DType::U32 => cpu
+                .to_vec1::<u32>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
+            candle_core::DType::I64 => cpu
+                .to_vec1::<i64>()?
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect(),
             _ => cpu
                 .to_dtype(candle_core::DType::F32)?
                 .to_vec1::<f32>()?
@@ -70,7 +82,11 @@ fn checksum(tensors: &BTreeMap<String, Tensor>) -> Result<u32> {
 
 /// Writes `tensors` and `meta` as the checkpoint of `meta.epoch`, atomically, and removes
 /// checkpoints older than the previous one. Returns the file written.
-pub fn save(run_dir: &Path, tensors: &BTreeMap<String, Tensor>, meta: &CheckpointMeta) -> Result<PathBuf> {
+pub fn save(
+    run_dir: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    meta: &CheckpointMeta,
+) -> Result<PathBuf> {
     let dir = checkpoint_dir(run_dir);
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let path = file_for(run_dir, meta.epoch);
@@ -81,15 +97,19 @@ pub fn save(run_dir: &Path, tensors: &BTreeMap<String, Tensor>, meta: &Checkpoin
     info.insert("crc32".to_string(), format!("{crc:08x}"));
     info.insert(
         "meta".to_string(),
-        serde_json::to_string(meta).map_err(|e| TrainError::Json { path: path.clone(), source: e })?,
+        serde_json::to_string(meta).map_err(|e| TrainError::Json {
+            path: path.clone(),
+            source: e,
+        })?,
     );
     let cpu: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
-    let bytes = safetensors::tensor::serialize(cpu, Some(info)).map_err(|e| TrainError::Checkpoint {
-        msg: format!("cannot serialise checkpoint {}: {e}", path.display()),
-    })?;
+    let bytes =
+        safetensors::tensor::serialize(cpu, Some(info)).map_err(|e| TrainError::Checkpoint {
+            msg: format!("cannot serialise checkpoint {}: {e}", path.display()),
+        })?;
     {
         let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
         f.write_all(&bytes).map_err(io_err(&tmp))?;
@@ -119,7 +139,10 @@ pub fn list(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     for entry in entries {
         let entry = entry.map_err(io_err(&dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name.strip_prefix("epoch-").and_then(|s| s.strip_suffix(".safetensors")) {
+        if let Some(n) = name
+            .strip_prefix("epoch-")
+            .and_then(|s| s.strip_suffix(".safetensors"))
+        {
             if let Ok(epoch) = n.parse() {
                 out.push((epoch, entry.path()));
             }
@@ -135,7 +158,8 @@ pub fn load(path: &Path) -> Result<(BTreeMap<String, Tensor>, CheckpointMeta)> {
     let damaged = |why: String| TrainError::Checkpoint {
         msg: format!("checkpoint {} is damaged: {why}", path.display()),
     };
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| damaged(e.to_string()))?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| damaged(e.to_string()))?;
     let info = header.metadata().clone().unwrap_or_default();
     match info.get("format") {
         Some(v) if v == FORMAT_VERSION => {}
@@ -152,16 +176,24 @@ pub fn load(path: &Path) -> Result<(BTreeMap<String, Tensor>, CheckpointMeta)> {
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| damaged(e.to_string()))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let t = candle_core::safetensors::Load::load(&view, &Device::Cpu).map_err(|e| damaged(e.to_string()))?;
+        let t = candle_core::safetensors::Load::load(&view, &Device::Cpu)
+            .map_err(|e| damaged(e.to_string()))?;
         tensors.insert(name, t);
     }
-    let expected = info.get("crc32").ok_or_else(|| damaged("no checksum".into()))?;
+    let expected = info
+        .get("crc32")
+        .ok_or_else(|| damaged("no checksum".into()))?;
     let actual = format!("{:08x}", checksum(&tensors)?);
     if &actual != expected {
-        return Err(damaged(format!("checksum {actual} does not match the recorded {expected}")));
+        return Err(damaged(format!(
+            "checksum {actual} does not match the recorded {expected}"
+        )));
     }
-    let meta_json = info.get("meta").ok_or_else(|| damaged("no run state".into()))?;
-    let meta: CheckpointMeta = serde_json::from_str(meta_json).map_err(|e| damaged(e.to_string()))?;
+    let meta_json = info
+        .get("meta")
+        .ok_or_else(|| damaged("no run state".into()))?;
+    let meta: CheckpointMeta =
+        serde_json::from_str(meta_json).map_err(|e| damaged(e.to_string()))?;
     Ok((tensors, meta))
 }
 
@@ -175,7 +207,10 @@ pub fn load_latest(run_dir: &Path) -> Result<Option<(BTreeMap<String, Tensor>, C
     match load(newest) {
         Ok(x) => Ok(Some(x)),
         Err(e) => {
-            let good = files[..files.len() - 1].iter().rev().find(|(_, p)| load(p).is_ok());
+            let good = files[..files.len() - 1]
+                .iter()
+                .rev()
+                .find(|(_, p)| load(p).is_ok());
             let hint = match good {
                 Some((_, p)) => format!(
                     "the last good checkpoint is {}: move {} away and resume again to continue from it",
@@ -184,7 +219,9 @@ pub fn load_latest(run_dir: &Path) -> Result<Option<(BTreeMap<String, Tensor>, C
                 ),
                 None => "no earlier checkpoint verifies: start the run again".into(),
             };
-            Err(TrainError::Checkpoint { msg: format!("{e}; {hint}") })
+            Err(TrainError::Checkpoint {
+                msg: format!("{e}; {hint}"),
+            })
         }
     }
 }
@@ -215,8 +252,14 @@ mod tests {
     fn round_trip_and_rotation() {
         let d = tmpdir("rt");
         let mut t = BTreeMap::new();
-        t.insert("a".to_string(), Tensor::new(&[1.0f32, 2.0, 3.0], &Device::Cpu).unwrap());
-        t.insert("b.step".to_string(), Tensor::new(&[7.0f64], &Device::Cpu).unwrap());
+        t.insert(
+            "a".to_string(),
+            Tensor::new(&[1.0f32, 2.0, 3.0], &Device::Cpu).unwrap(),
+        );
+        t.insert(
+            "b.step".to_string(),
+            Tensor::new(&[7.0f64], &Device::Cpu).unwrap(),
+        );
         for e in 1..=4 {
             save(&d, &t, &meta(e)).unwrap();
         }
@@ -232,7 +275,10 @@ mod tests {
     fn a_flipped_byte_is_caught_and_the_last_good_one_named() {
         let d = tmpdir("flip");
         let mut t = BTreeMap::new();
-        t.insert("w".to_string(), Tensor::new(&[0.25f32; 16], &Device::Cpu).unwrap());
+        t.insert(
+            "w".to_string(),
+            Tensor::new(&[0.25f32; 16], &Device::Cpu).unwrap(),
+        );
         save(&d, &t, &meta(1)).unwrap();
         let p2 = save(&d, &t, &meta(2)).unwrap();
         let mut bytes = fs::read(&p2).unwrap();
@@ -246,6 +292,9 @@ mod tests {
         truncated.truncate(n / 2);
         fs::write(&p2, truncated).unwrap();
         let err = load_latest(&d).unwrap_err().to_string();
-        assert!(err.contains("damaged") && err.contains("epoch-0001"), "{err}");
+        assert!(
+            err.contains("damaged") && err.contains("epoch-0001"),
+            "{err}"
+        );
     }
 }

@@ -105,13 +105,22 @@ impl TrainConfig {
             return bad("--batch-size", "the batch size must be at least 1".into());
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad("--lr", format!("{} is not a learning rate: use a finite value > 0", self.lr));
+            return bad(
+                "--lr",
+                format!("{} is not a learning rate: use a finite value > 0", self.lr),
+            );
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return bad("--momentum", format!("{} must lie in [0, 1)", self.momentum));
+            return bad(
+                "--momentum",
+                format!("{} must lie in [0, 1)", self.momentum),
+            );
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return bad("--weight-decay", format!("{} must be a finite value ≥ 0", self.weight_decay));
+            return bad(
+                "--weight-decay",
+                format!("{} must be a finite value ≥ 0", self.weight_decay),
+            );
         }
         if self.threads == 0 {
             return bad("--threads", "the thread count must be at least 1".into());
@@ -139,7 +148,10 @@ impl TrainConfig {
                     }
                 }
             }
-            Err(format!("these settings differ from the saved run: {}", diffs.join(", ")))
+            Err(format!(
+                "these settings differ from the saved run: {}",
+                diffs.join(", ")
+            ))
         }
     }
 }
@@ -166,7 +178,11 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("--patch"));
         let mut c = TrainConfig::w1();
         c.batch_size = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("--batch-size"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--batch-size"));
         let mut c = TrainConfig::w1();
         c.lr = f64::NAN;
         assert!(c.validate().unwrap_err().to_string().contains("--lr"));

@@ -17,7 +17,11 @@ use crate::model::{parameter_shapes, VitConfig};
 /// Only the parameter names of the model are taken (other tensors, such as a fixture's data, are
 /// ignored); every parameter must be present with the right shape. With `in_out` the linear weights
 /// (`*.w` of rank 2) are stored `(in, out)` and are transposed to Candle's `(out, in)`.
-pub fn load_weights(path: &Path, config: &VitConfig, in_out: bool) -> Result<BTreeMap<String, Tensor>> {
+pub fn load_weights(
+    path: &Path,
+    config: &VitConfig,
+    in_out: bool,
+) -> Result<BTreeMap<String, Tensor>> {
     let all = read_all(path)?;
     let shapes = parameter_shapes(config);
     let mut out = BTreeMap::new();
@@ -37,7 +41,12 @@ pub fn load_weights(path: &Path, config: &VitConfig, in_out: bool) -> Result<BTr
                 ""
             };
             return Err(TrainError::Weights {
-                msg: format!("`{name}` in {} has shape {:?}, the model needs {:?}{hint}", path.display(), t.dims(), shape),
+                msg: format!(
+                    "`{name}` in {} has shape {:?}, the model needs {:?}{hint}",
+                    path.display(),
+                    t.dims(),
+                    shape
+                ),
             });
         }
         out.insert(name.clone(), t.to_dtype(DType::F32)?);
@@ -47,8 +56,10 @@ pub fn load_weights(path: &Path, config: &VitConfig, in_out: bool) -> Result<BTr
 
 fn read_all(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
-    let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| TrainError::Weights {
-        msg: format!("{} is not a readable safetensors file: {e}", path.display()),
+    let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
+        TrainError::Weights {
+            msg: format!("{} is not a readable safetensors file: {e}", path.display()),
+        }
     })?;
     Ok(map.into_iter().collect())
 }
@@ -68,9 +79,16 @@ pub struct PeerFixture {
 
 fn image_set(images: &Tensor, labels: &Tensor) -> Result<ImageSet> {
     let (n, h, w) = images.dims3()?;
-    let labels: Vec<u32> = labels.to_dtype(DType::I64)?.to_vec1::<i64>()?.iter().map(|&l| l as u32).collect();
+    let labels: Vec<u32> = labels
+        .to_dtype(DType::I64)?
+        .to_vec1::<i64>()?
+        .iter()
+        .map(|&l| l as u32)
+        .collect();
     if labels.len() != n {
-        return Err(TrainError::Weights { msg: format!("fixture has {n} images and {} labels", labels.len()) });
+        return Err(TrainError::Weights {
+            msg: format!("fixture has {n} images and {} labels", labels.len()),
+        });
     }
     Ok(ImageSet {
         images: images.flatten_all()?.to_vec1::<f32>()?,
@@ -87,7 +105,10 @@ pub fn load_peer_fixture(path: &Path) -> Result<PeerFixture> {
     let all = read_all(path)?;
     let get = |k: &str| {
         all.get(k).cloned().ok_or_else(|| TrainError::Weights {
-            msg: format!("{} has no tensor `{k}`: is it the W1 peer fixture?", path.display()),
+            msg: format!(
+                "{} has no tensor `{k}`: is it the W1 peer fixture?",
+                path.display()
+            ),
         })
     };
     let weights = load_weights(path, &VitConfig::w1(), true)?;
@@ -101,9 +122,19 @@ pub fn load_peer_fixture(path: &Path) -> Result<PeerFixture> {
         let mut ep = Vec::with_capacity(batches);
         for b in 0..batches {
             let start = (e * batches + b) * size;
-            ep.push(flat[start..start + size].iter().map(|&i| i as usize).collect());
+            ep.push(
+                flat[start..start + size]
+                    .iter()
+                    .map(|&i| i as usize)
+                    .collect(),
+            );
         }
         batch_orders.push(ep);
     }
-    Ok(PeerFixture { weights, train, test, batch_orders })
+    Ok(PeerFixture {
+        weights,
+        train,
+        test,
+        batch_orders,
+    })
 }

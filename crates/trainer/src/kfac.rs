@@ -26,12 +26,25 @@ impl KfacRun {
 
 /// Builds the K-FAC optimizer.
 pub fn build(_config: &TrainConfig, _model: &Vit, _adamw: AdamWConfig) -> Result<KfacRun> {
-    Err(TrainError::Config { flag: "--optimizer", msg: "kfac and cgfac are not wired in yet".into() })
+    Err(TrainError::Config {
+        flag: "--optimizer",
+        msg: "kfac and cgfac are not wired in yet".into(),
+    })
 }
 
 /// One K-FAC step.
-pub fn step(_k: &mut KfacRun, _model: &Vit, _logits: &Tensor, _grads: &GradStore, _seed: u64, _step: usize) -> Result<Value> {
-    Err(TrainError::Config { flag: "--optimizer", msg: "kfac and cgfac are not wired in yet".into() })
+pub fn step(
+    _k: &mut KfacRun,
+    _model: &Vit,
+    _logits: &Tensor,
+    _grads: &GradStore,
+    _seed: u64,
+    _step: usize,
+) -> Result<Value> {
+    Err(TrainError::Config {
+        flag: "--optimizer",
+        msg: "kfac and cgfac are not wired in yet".into(),
+    })
 }
 
 /// Default learning rate of `--optimizer kfac|cgfac`.

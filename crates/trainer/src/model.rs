@@ -93,7 +93,10 @@ impl VitConfig {
         if self.dim == 0 || self.heads == 0 || self.dim % self.heads != 0 {
             return bad(
                 "--heads",
-                format!("{} heads must be > 0 and divide the model width {}", self.heads, self.dim),
+                format!(
+                    "{} heads must be > 0 and divide the model width {}",
+                    self.heads, self.dim
+                ),
             );
         }
         if self.depth == 0 || self.mlp_dim == 0 || self.classes < 2 {
@@ -103,7 +106,10 @@ impl VitConfig {
             );
         }
         if !(self.ln_eps > 0.0 && self.ln_eps.is_finite()) {
-            return bad("--ln-eps", format!("LayerNorm ε = {} must be > 0", self.ln_eps));
+            return bad(
+                "--ln-eps",
+                format!("LayerNorm ε = {} must be > 0", self.ln_eps),
+            );
         }
         Ok(())
     }
@@ -224,20 +230,30 @@ pub fn init_parameters(
     device: &Device,
 ) -> Result<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
-    let mut linear = |name: &str, fan_in: usize, fan_out: usize, rng: &mut dyn rand::RngCore| -> Result<()> {
-        let bound = 1.0 / (fan_in as f32).sqrt();
-        let dist = Uniform::new_inclusive(-bound, bound).map_err(|e| TrainError::Init(e.to_string()))?;
-        let w: Vec<f32> = (0..fan_in * fan_out).map(|_| dist.sample(rng)).collect();
-        out.insert(format!("{name}.w"), Tensor::from_vec(w, (fan_out, fan_in), device)?);
-        out.insert(format!("{name}.b"), Tensor::zeros(fan_out, DType::F32, device)?);
-        Ok(())
-    };
+    let mut linear =
+        |name: &str, fan_in: usize, fan_out: usize, rng: &mut dyn rand::RngCore| -> Result<()> {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let dist = Uniform::new_inclusive(-bound, bound)
+                .map_err(|e| TrainError::Init(e.to_string()))?;
+            let w: Vec<f32> = (0..fan_in * fan_out).map(|_| dist.sample(rng)).collect();
+            out.insert(
+                format!("{name}.w"),
+                Tensor::from_vec(w, (fan_out, fan_in), device)?,
+            );
+            out.insert(
+                format!("{name}.b"),
+                Tensor::zeros(fan_out, DType::F32, device)?,
+            );
+            Ok(())
+        };
     let d = config.dim;
     // Fixed draw order: patch, cls, pos, then per block q, k, v, o, fc1, fc2, then head.
     linear("patch", config.patch_dim(), d, rng)?;
     let normal = Normal::new(0.0f32, 0.02).map_err(|e| TrainError::Init(e.to_string()))?;
     let cls: Vec<f32> = (0..d).map(|_| normal.sample(rng)).collect();
-    let pos: Vec<f32> = (0..config.tokens() * d).map(|_| normal.sample(rng)).collect();
+    let pos: Vec<f32> = (0..config.tokens() * d)
+        .map(|_| normal.sample(rng))
+        .collect();
     for i in 0..config.depth {
         for l in ["q", "k", "v", "o"] {
             linear(&format!("blk{i}.{l}"), d, d, rng)?;
@@ -247,7 +263,10 @@ pub fn init_parameters(
     }
     linear("head", d, config.classes, rng)?;
     out.insert("cls".into(), Tensor::from_vec(cls, d, device)?);
-    out.insert("pos".into(), Tensor::from_vec(pos, (config.tokens(), d), device)?);
+    out.insert(
+        "pos".into(),
+        Tensor::from_vec(pos, (config.tokens(), d), device)?,
+    );
     let mut ln = |name: String| -> Result<()> {
         out.insert(format!("{name}.g"), Tensor::ones(d, DType::F32, device)?);
         out.insert(format!("{name}.b"), Tensor::zeros(d, DType::F32, device)?);
@@ -309,7 +328,11 @@ impl Vit {
             })?;
             if t.dims() != shape.as_slice() {
                 return Err(TrainError::Weights {
-                    msg: format!("parameter `{name}` has shape {:?}, the model needs {:?}", t.dims(), shape),
+                    msg: format!(
+                        "parameter `{name}` has shape {:?}, the model needs {:?}",
+                        t.dims(),
+                        shape
+                    ),
                 });
             }
             let v = Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?)?;
@@ -317,7 +340,9 @@ impl Vit {
         }
         if let Some(extra) = tensors.keys().find(|k| !shapes.contains_key(*k)) {
             return Err(TrainError::Weights {
-                msg: format!("unexpected parameter `{extra}`: the file does not match this architecture"),
+                msg: format!(
+                    "unexpected parameter `{extra}`: the file does not match this architecture"
+                ),
             });
         }
         let p = |n: &str| params[n].clone();
@@ -355,7 +380,12 @@ impl Vit {
     }
 
     /// A freshly initialised model (W1's scheme, [`init_parameters`]) from `rng`.
-    pub fn init(config: VitConfig, rng: &mut impl Rng, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn init(
+        config: VitConfig,
+        rng: &mut impl Rng,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         config.validate()?;
         let tensors = init_parameters(&config, rng, &Device::Cpu)?;
         Self::from_tensors(config, &tensors, dtype, device)
@@ -408,7 +438,10 @@ impl Vit {
     pub fn patchify(&self, images: &Tensor) -> Result<Tensor> {
         let c = &self.config;
         let (b, ch, h, w) = images.dims4().map_err(|_| TrainError::Input {
-            msg: format!("images must be (batch, channels, height, width), got {:?}", images.dims()),
+            msg: format!(
+                "images must be (batch, channels, height, width), got {:?}",
+                images.dims()
+            ),
         })?;
         if (ch, h, w) != (c.channels, c.height, c.width) {
             return Err(TrainError::Input {
@@ -439,7 +472,12 @@ impl Vit {
         Ok((logits, trace))
     }
 
-    fn layer_norm(&self, ln: &LayerNorm, x: &Tensor, trace: &mut Option<&mut Trace>) -> Result<Tensor> {
+    fn layer_norm(
+        &self,
+        ln: &LayerNorm,
+        x: &Tensor,
+        trace: &mut Option<&mut Trace>,
+    ) -> Result<Tensor> {
         let y = ln.normalize(x)?;
         if let Some(t) = trace.as_deref_mut() {
             t.layer_norms.push(LayerNormTrace {
@@ -457,7 +495,11 @@ impl Vit {
         let x = self.patchify(images)?;
         let b = x.dim(0)?;
         let tokens = self.patch.forward(&x)?;
-        let cls = self.cls.as_tensor().reshape((1, 1, c.dim))?.broadcast_as((b, 1, c.dim))?;
+        let cls = self
+            .cls
+            .as_tensor()
+            .reshape((1, 1, c.dim))?
+            .broadcast_as((b, 1, c.dim))?;
         let mut h = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(self.pos.as_tensor())?;
         if let Some(t) = trace.as_deref_mut() {
             t.residual.push(h.detach());
@@ -467,7 +509,9 @@ impl Vit {
         for blk in &self.blocks {
             let u = self.layer_norm(&blk.ln1, &h, &mut trace)?;
             let split = |y: Tensor| -> candle_core::Result<Tensor> {
-                y.reshape((b, t_len, heads, hd))?.transpose(1, 2)?.contiguous()
+                y.reshape((b, t_len, heads, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()
             };
             let q = split(blk.q.forward(&u)?)?;
             let k = split(blk.k.forward(&u)?)?;
@@ -511,7 +555,11 @@ impl Vit {
             })?;
             if t.dims() != var.dims() {
                 return Err(TrainError::Weights {
-                    msg: format!("parameter `{name}` has shape {:?}, the model needs {:?}", t.dims(), var.dims()),
+                    msg: format!(
+                        "parameter `{name}` has shape {:?}, the model needs {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
                 });
             }
             var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;

@@ -40,7 +40,11 @@ impl RunOptimizer {
     /// Builds the optimizer `config` asks for over `model`'s parameters.
     pub fn new(config: &TrainConfig, model: &Vit) -> Result<Self> {
         let all = NamedParams::new(
-            model.parameters().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            model
+                .parameters()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         );
         let adamw = AdamWConfig {
             lr: config.lr,
@@ -122,7 +126,13 @@ impl Trainer {
     /// A trainer for `model` with the optimizer of `config`.
     pub fn new(config: TrainConfig, model: Vit, device: Device) -> Result<Self> {
         let optimizer = RunOptimizer::new(&config, &model)?;
-        Ok(Self { model, optimizer, config, device, step: 0 })
+        Ok(Self {
+            model,
+            optimizer,
+            config,
+            device,
+            step: 0,
+        })
     }
 
     /// One optimizer step on `batch`. A non-finite loss is an error (nothing is updated).
@@ -151,7 +161,14 @@ impl Trainer {
                 None
             }
             RunOptimizer::Kfac(k) => {
-                let stats = crate::kfac::step(k, &self.model, &logits, &grads, self.config.seed, self.step)?;
+                let stats = crate::kfac::step(
+                    k,
+                    &self.model,
+                    &logits,
+                    &grads,
+                    self.config.seed,
+                    self.step,
+                )?;
                 Some(stats)
             }
         };
@@ -159,7 +176,11 @@ impl Trainer {
             self.model.set_tracking(false);
         }
         self.step += 1;
-        Ok(StepOutcome { loss: loss_value, correct, optimizer })
+        Ok(StepOutcome {
+            loss: loss_value,
+            correct,
+            optimizer,
+        })
     }
 
     /// Loss and accuracy on `data`, in batches of `batch_size`.
@@ -304,7 +325,10 @@ pub struct RunOptions {
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Json { path: path.to_path_buf(), source: e })?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Json {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))
 }
@@ -314,7 +338,9 @@ pub fn read_config(dir: &Path) -> Result<TrainConfig> {
     let path = dir.join("config.json");
     let text = fs::read_to_string(&path).map_err(|e| TrainError::Resume {
         dir: dir.to_path_buf(),
-        msg: format!("no readable config.json ({e}): is this a run directory made by `cargo xtask train`?"),
+        msg: format!(
+            "no readable config.json ({e}): is this a run directory made by `cargo xtask train`?"
+        ),
     })?;
     serde_json::from_str(&text).map_err(|e| TrainError::Resume {
         dir: dir.to_path_buf(),
@@ -360,7 +386,12 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
 
     let ckpt = if options.resume {
         let saved = read_config(out)?;
-        config.resumable_from(&saved).map_err(|msg| TrainError::Resume { dir: out.to_path_buf(), msg })?;
+        config
+            .resumable_from(&saved)
+            .map_err(|msg| TrainError::Resume {
+                dir: out.to_path_buf(),
+                msg,
+            })?;
         let latest = checkpoint::load_latest(out)?;
         if latest.is_none() {
             return Err(TrainError::Resume {
@@ -426,11 +457,18 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
     if steps_per_epoch == 0 {
         return Err(TrainError::Config {
             flag: "--batch-size",
-            msg: format!("{} exceeds the {} training samples: no full batch fits", config.batch_size, n_train),
+            msg: format!(
+                "{} exceeds the {} training samples: no full batch fits",
+                config.batch_size, n_train
+            ),
         });
     }
     let total_steps = (config.epochs * steps_per_epoch) as u64;
-    let progress = Progress::new(total_steps, (start_epoch * steps_per_epoch) as u64, options.quiet);
+    let progress = Progress::new(
+        total_steps,
+        (start_epoch * steps_per_epoch) as u64,
+        options.quiet,
+    );
     progress.line(
         &format!(
             "{}: {} parameters, {} on {}, {} train / {} test samples, {} epochs of {} steps",
@@ -618,14 +656,26 @@ pub struct MetricsFile {
 impl MetricsFile {
     /// Opens (creating) `path` for appending.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = fs::OpenOptions::new().create(true).append(true).open(path).map_err(io_err(path))?;
-        Ok(Self { file, path: path.to_path_buf() })
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Appends one record as a line.
     pub fn write(&mut self, record: &Value) -> Result<()> {
-        let mut line = serde_json::to_string(record).map_err(|e| TrainError::Json { path: self.path.clone(), source: e })?;
+        let mut line = serde_json::to_string(record).map_err(|e| TrainError::Json {
+            path: self.path.clone(),
+            source: e,
+        })?;
         line.push('\n');
-        self.file.write_all(line.as_bytes()).map_err(io_err(&self.path))
+        self.file
+            .write_all(line.as_bytes())
+            .map_err(io_err(&self.path))
     }
 }

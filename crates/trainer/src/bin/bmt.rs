@@ -9,7 +9,11 @@ use bmt_trainer::run::{read_config, run, RunOptions};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bmt", version, about = "Train transformers and measure the geometry and dynamics of their attention")]
+#[command(
+    name = "bmt",
+    version,
+    about = "Train transformers and measure the geometry and dynamics of their attention"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -90,7 +94,15 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
             config.epochs = e;
         }
         config.threads = a.threads;
-        let summary = run(config, &dir, &RunOptions { resume: true, quiet: a.quiet, stop_after: None })?;
+        let summary = run(
+            config,
+            &dir,
+            &RunOptions {
+                resume: true,
+                quiet: a.quiet,
+                stop_after: None,
+            },
+        )?;
         let _ = summary;
         return Ok(());
     }
@@ -128,7 +140,15 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         };
         PathBuf::from("runs").join(format!("{data}-{}-seed{}", a.optimizer, a.seed))
     });
-    run(config, &out, &RunOptions { resume: false, quiet: a.quiet, stop_after: None })?;
+    run(
+        config,
+        &out,
+        &RunOptions {
+            resume: false,
+            quiet: a.quiet,
+            stop_after: None,
+        },
+    )?;
     Ok(())
 }
 
