@@ -146,7 +146,10 @@ impl CurvatureRows {
 
 /// The batch Kronecker factors of one capture: `A` `(n+1)×(n+1)` with the bias folded in and `G`
 /// `m×m` from the per-sample (rescaled) output gradients, in the given sharing mode (module table).
-pub fn kronecker_factors(capture: &LayerCapture, sharing: WeightSharing) -> Result<(Tensor, Tensor)> {
+pub fn kronecker_factors(
+    capture: &LayerCapture,
+    sharing: WeightSharing,
+) -> Result<(Tensor, Tensor)> {
     CurvatureRows::from_capture(capture, sharing)?.factors()
 }
 

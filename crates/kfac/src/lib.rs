@@ -24,9 +24,9 @@ mod tests;
 pub use cg::{conjugate_gradient, CgOutcome, CgSettings};
 pub use error::{KfacError, Result};
 pub use factors::{kronecker_factors, kronecker_quadratic_form, CurvatureRows, WeightSharing};
+pub use optim::{AdamW, AdamWConfig, GradientSource, NamedParams, Optimizer, SgdMomentum};
 pub use precond::{
     sample_labels, DampingKind, FisherType, KfacConfig, KfacOptimizer, KfacStepStats,
     PreconditionedLayer, Preconditioner, Solver,
 };
-pub use optim::{AdamW, AdamWConfig, GradientSource, NamedParams, Optimizer, SgdMomentum};
 pub use tracked::{linear_vars, LayerCapture, TrackedLinear};

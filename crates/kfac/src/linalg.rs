@@ -15,7 +15,9 @@ use crate::error::Result;
 pub(crate) fn to_host(t: &Tensor) -> Result<Mat<f64>> {
     let n = t.dims()[0];
     let data = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    Ok(Mat::from_fn(n, n, |i, j| 0.5 * (data[i * n + j] + data[j * n + i])))
+    Ok(Mat::from_fn(n, n, |i, j| {
+        0.5 * (data[i * n + j] + data[j * n + i])
+    }))
 }
 
 /// A host matrix back as a tensor with `like`'s dtype and device.

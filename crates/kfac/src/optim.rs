@@ -105,9 +105,24 @@ impl Default for AdamWConfig {
 impl AdamWConfig {
     /// Checks every field's range.
     pub fn validate(&self) -> Result<()> {
-        check(self.lr > 0.0 && self.lr.is_finite(), "lr", self.lr, "a finite value > 0")?;
-        check((0.0..1.0).contains(&self.beta1), "beta1", self.beta1, "a value in [0, 1)")?;
-        check((0.0..1.0).contains(&self.beta2), "beta2", self.beta2, "a value in [0, 1)")?;
+        check(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "lr",
+            self.lr,
+            "a finite value > 0",
+        )?;
+        check(
+            (0.0..1.0).contains(&self.beta1),
+            "beta1",
+            self.beta1,
+            "a value in [0, 1)",
+        )?;
+        check(
+            (0.0..1.0).contains(&self.beta2),
+            "beta2",
+            self.beta2,
+            "a value in [0, 1)",
+        )?;
         check(self.eps > 0.0, "eps", self.eps, "a value > 0")?;
         check(
             self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
@@ -256,8 +271,18 @@ impl SgdMomentum {
     /// A new SGD with momentum `momentum` ∈ [0, 1) and L2 weight decay `weight_decay` ≥ 0.
     pub fn new(params: NamedParams, lr: f64, momentum: f64, weight_decay: f64) -> Result<Self> {
         check(lr > 0.0 && lr.is_finite(), "lr", lr, "a finite value > 0")?;
-        check((0.0..1.0).contains(&momentum), "momentum", momentum, "a value in [0, 1)")?;
-        check(weight_decay >= 0.0, "weight_decay", weight_decay, "a value ≥ 0")?;
+        check(
+            (0.0..1.0).contains(&momentum),
+            "momentum",
+            momentum,
+            "a value in [0, 1)",
+        )?;
+        check(
+            weight_decay >= 0.0,
+            "weight_decay",
+            weight_decay,
+            "a value ≥ 0",
+        )?;
         let buffers = vec![None; params.len()];
         Ok(Self {
             params,
@@ -367,9 +392,10 @@ mod tests {
         grads.insert("w".to_string(), Tensor::new(&[0.3f64, -4.0, 1e-3], &dev)?);
         opt.step(&grads)?;
         let got = w.as_tensor().to_vec1::<f64>()?;
+        // m̂ = g, √v̂ = |g|: the step is η·g/(|g| + ε), within 1e-8 relative of η·sign(g).
         let expect = [
-            1.0 * (1.0 - 0.05) - 0.1,
-            -2.0 * (1.0 - 0.05) + 0.1,
+            1.0 * (1.0 - 0.05) - 0.1 * 0.3 / (0.3 + 1e-8),
+            -2.0 * (1.0 - 0.05) + 0.1 * 4.0 / (4.0 + 1e-8),
             3.0 * (1.0 - 0.05) - 0.1 * 1e-3 / (1e-3 + 1e-8),
         ];
         for (g, e) in got.iter().zip(expect) {
@@ -388,23 +414,35 @@ mod tests {
         };
         let w0 = Tensor::new(&[0.5f32, -0.25, 1.0, 2.0], &dev)?;
         let a = Var::from_tensor(&w0)?;
-        let mut opt_a = AdamW::new(NamedParams::new(vec![("w".into(), a.clone())]), Default::default())?;
+        let mut opt_a = AdamW::new(
+            NamedParams::new(vec![("w".into(), a.clone())]),
+            Default::default(),
+        )?;
         for k in 0..5 {
             opt_a.step(&grads_at(k))?;
         }
         let b = Var::from_tensor(&w0)?;
-        let mut opt_b = AdamW::new(NamedParams::new(vec![("w".into(), b.clone())]), Default::default())?;
+        let mut opt_b = AdamW::new(
+            NamedParams::new(vec![("w".into(), b.clone())]),
+            Default::default(),
+        )?;
         for k in 0..3 {
             opt_b.step(&grads_at(k))?;
         }
         let saved: HashMap<_, _> = opt_b.state()?.into_iter().collect();
         let c = Var::from_tensor(b.as_tensor())?;
-        let mut opt_c = AdamW::new(NamedParams::new(vec![("w".into(), c.clone())]), Default::default())?;
+        let mut opt_c = AdamW::new(
+            NamedParams::new(vec![("w".into(), c.clone())]),
+            Default::default(),
+        )?;
         opt_c.load_state(&saved)?;
         for k in 3..5 {
             opt_c.step(&grads_at(k))?;
         }
-        assert_eq!(a.as_tensor().to_vec1::<f32>()?, c.as_tensor().to_vec1::<f32>()?);
+        assert_eq!(
+            a.as_tensor().to_vec1::<f32>()?,
+            c.as_tensor().to_vec1::<f32>()?
+        );
         Ok(())
     }
 
@@ -413,7 +451,12 @@ mod tests {
     fn sgd_momentum_accumulates_geometrically() -> Result<()> {
         let dev = Device::Cpu;
         let w = Var::from_tensor(&Tensor::new(&[0.0f64], &dev)?)?;
-        let mut opt = SgdMomentum::new(NamedParams::new(vec![("w".into(), w.clone())]), 1.0, 0.5, 0.0)?;
+        let mut opt = SgdMomentum::new(
+            NamedParams::new(vec![("w".into(), w.clone())]),
+            1.0,
+            0.5,
+            0.0,
+        )?;
         let grads = HashMap::from([("w".to_string(), Tensor::new(&[1.0f64], &dev)?)]);
         let mut positions = vec![];
         for _ in 0..3 {

@@ -140,13 +140,25 @@ impl KfacConfig {
     pub fn validate(&self) -> Result<()> {
         let pos = |v: f64| v > 0.0 && v.is_finite();
         if !pos(self.damping) {
-            return Err(invalid("damping", self.damping, "a finite value > 0 (CG needs λ > 0)"));
+            return Err(invalid(
+                "damping",
+                self.damping,
+                "a finite value > 0 (CG needs λ > 0)",
+            ));
         }
         if !pos(self.min_damping) || self.min_damping > self.max_damping || !pos(self.max_damping) {
-            return Err(invalid("min_damping", self.min_damping, "0 < min_damping ≤ max_damping"));
+            return Err(invalid(
+                "min_damping",
+                self.min_damping,
+                "0 < min_damping ≤ max_damping",
+            ));
         }
         if !(self.damping_factor > 0.0 && self.damping_factor < 1.0) {
-            return Err(invalid("damping_factor", self.damping_factor, "a value in (0, 1)"));
+            return Err(invalid(
+                "damping_factor",
+                self.damping_factor,
+                "a value in (0, 1)",
+            ));
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             return Err(invalid("ema_decay", self.ema_decay, "a value in [0, 1)"));
@@ -175,7 +187,11 @@ impl KfacConfig {
             return Err(invalid("momentum", self.momentum, "a value in [0, 1)"));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return Err(invalid("weight_decay", self.weight_decay, "a finite value ≥ 0"));
+            return Err(invalid(
+                "weight_decay",
+                self.weight_decay,
+                "a finite value ≥ 0",
+            ));
         }
         if self.solver == Solver::Inverse && self.damping_kind == DampingKind::Tikhonov {
             return Err(KfacError::Incompatible(
@@ -423,11 +439,17 @@ impl Preconditioner {
         } else if rho < 0.25 {
             self.damping /= w;
         }
-        self.damping = self.damping.clamp(self.cfg.min_damping, self.cfg.max_damping);
+        self.damping = self
+            .damping
+            .clamp(self.cfg.min_damping, self.cfg.max_damping);
         self.damping
     }
 
-    fn fold_curvature(&mut self, curvature: &[LayerCapture], stats: &mut KfacStepStats) -> Result<()> {
+    fn fold_curvature(
+        &mut self,
+        curvature: &[LayerCapture],
+        stats: &mut KfacStepStats,
+    ) -> Result<()> {
         let mut seen = vec![false; self.layers.len()];
         for cap in curvature {
             let Some(i) = self.layers.iter().position(|l| l.spec.name == cap.name) else {
@@ -443,7 +465,8 @@ impl Preconditioner {
                 });
             }
             let layer = &mut self.layers[i];
-            let rows = CurvatureRows::from_capture(cap, self.cfg.weight_sharing)?.narrow_a(layer.k)?;
+            let rows =
+                CurvatureRows::from_capture(cap, self.cfg.weight_sharing)?.narrow_a(layer.k)?;
             if rows.a_rows.dim(1)? != layer.k || rows.g_rows.dim(1)? != layer.m {
                 return Err(KfacError::Shape {
                     what: format!("capture of layer `{}`", cap.name),
@@ -567,9 +590,15 @@ impl Preconditioner {
                 u
             };
             let n = spec.weight.dims()[1];
-            out.insert(format!("{}.weight", spec.name), u.narrow(1, 0, n)?.contiguous()?);
+            out.insert(
+                format!("{}.weight", spec.name),
+                u.narrow(1, 0, n)?.contiguous()?,
+            );
             if spec.bias.is_some() {
-                out.insert(format!("{}.bias", spec.name), u.narrow(1, n, 1)?.squeeze(1)?);
+                out.insert(
+                    format!("{}.bias", spec.name),
+                    u.narrow(1, n, 1)?.squeeze(1)?,
+                );
             }
         }
         stats.time_solve = t1.elapsed().as_secs_f64();
@@ -655,11 +684,16 @@ impl Preconditioner {
                 Ok(Some(e.qg.matmul(&scaled)?.matmul(&e.qa.t()?)?))
             }
             Solver::Inverse => {
-                let stale = self.layers[i].inv.as_ref().is_none_or(|v| v.damping != damping);
+                let stale = self.layers[i]
+                    .inv
+                    .as_ref()
+                    .is_none_or(|v| v.damping != damping);
                 if refresh_inv || stale {
                     self.refresh_decomposition(i, stats)?;
                 }
-                let Some(v) = &self.layers[i].inv else { return Ok(None) };
+                let Some(v) = &self.layers[i].inv else {
+                    return Ok(None);
+                };
                 Ok(Some(v.g_inv.matmul(grad)?.matmul(&v.a_inv)?))
             }
             Solver::CgFactor | Solver::CgMatrixFree => {
@@ -673,7 +707,8 @@ impl Preconditioner {
                 } else {
                     None
                 };
-                let mut out = conjugate_gradient(|x| layer.apply_m(x, damping, kind), grad, warm, settings)?;
+                let mut out =
+                    conjugate_gradient(|x| layer.apply_m(x, damping, kind), grad, warm, settings)?;
                 cg_iters.push(out.iterations);
                 if out.breakdown {
                     // Jitter and retry: cold start, ten times the damping.
@@ -707,7 +742,10 @@ impl Preconditioner {
 
     fn layer_folded(&self, i: usize) -> Result<Tensor> {
         let spec = &self.layers[i].spec;
-        fold(spec.weight.as_tensor(), spec.bias.as_ref().map(|b| b.as_tensor()))
+        fold(
+            spec.weight.as_tensor(),
+            spec.bias.as_ref().map(|b| b.as_tensor()),
+        )
     }
 
     /// The curvature state (factors, traces, decompositions, rows, CG warm starts, step, damping)
@@ -719,8 +757,14 @@ impl Preconditioner {
             .map(|l| l.spec.weight.device().clone())
             .unwrap_or(candle_core::Device::Cpu);
         let mut out = vec![
-            ("kfac.step".to_string(), Tensor::new(&[self.step as f64], &dev)?),
-            ("kfac.damping".to_string(), Tensor::new(&[self.damping], &dev)?),
+            (
+                "kfac.step".to_string(),
+                Tensor::new(&[self.step as f64], &dev)?,
+            ),
+            (
+                "kfac.damping".to_string(),
+                Tensor::new(&[self.damping], &dev)?,
+            ),
         ];
         for l in &self.layers {
             let p = format!("kfac.{}", l.spec.name);
@@ -733,7 +777,10 @@ impl Preconditioner {
             ]
             .map(|b| if b { 1.0 } else { 0.0 });
             out.push((format!("{p}.present"), Tensor::new(&flags, &dev)?));
-            out.push((format!("{p}.traces"), Tensor::new(&[l.traces.0, l.traces.1], &dev)?));
+            out.push((
+                format!("{p}.traces"),
+                Tensor::new(&[l.traces.0, l.traces.1], &dev)?,
+            ));
             if let (Some(a), Some(g)) = (&l.a, &l.g) {
                 out.push((format!("{p}.A"), a.clone()));
                 out.push((format!("{p}.G"), g.clone()));
@@ -755,7 +802,10 @@ impl Preconditioner {
             if let Some(r) = &l.rows {
                 out.push((format!("{p}.rows.a"), r.a_rows.clone()));
                 out.push((format!("{p}.rows.g"), r.g_rows.clone()));
-                out.push((format!("{p}.rows.scale"), Tensor::new(&[r.a_scale, r.g_scale], &dev)?));
+                out.push((
+                    format!("{p}.rows.scale"),
+                    Tensor::new(&[r.a_scale, r.g_scale], &dev)?,
+                ));
             }
         }
         Ok(out)
@@ -770,7 +820,10 @@ impl Preconditioner {
                 .ok_or_else(|| KfacError::StateMismatch(format!("`{key}` is missing")))
         };
         let vals = |key: &str| -> Result<Vec<f64>> {
-            Ok(get(key)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+            Ok(get(key)?
+                .to_dtype(DType::F64)?
+                .flatten_all()?
+                .to_vec1::<f64>()?)
         };
         let step = vals("kfac.step")?;
         let damping = vals("kfac.damping")?;
@@ -790,13 +843,18 @@ impl Preconditioner {
             };
             let flags = vals(&format!("{p}.present"))?;
             if flags.len() != 5 {
-                return Err(KfacError::StateMismatch(format!("`{p}.present` needs 5 flags")));
+                return Err(KfacError::StateMismatch(format!(
+                    "`{p}.present` needs 5 flags"
+                )));
             }
             let on = |j: usize| flags[j] > 0.5;
             let tr = vals(&format!("{p}.traces"))?;
             let (m, k) = (l.m, l.k);
             let (a, g) = if on(0) {
-                (Some(shaped(format!("{p}.A"), &[k, k])?), Some(shaped(format!("{p}.G"), &[m, m])?))
+                (
+                    Some(shaped(format!("{p}.A"), &[k, k])?),
+                    Some(shaped(format!("{p}.G"), &[m, m])?),
+                )
             } else {
                 (None, None)
             };
@@ -814,12 +872,19 @@ impl Preconditioner {
                 Some(Inv {
                     a_inv: shaped(format!("{p}.inv.a"), &[k, k])?,
                     g_inv: shaped(format!("{p}.inv.g"), &[m, m])?,
-                    damping: vals(&format!("{p}.inv.damping"))?.first().copied().unwrap_or(0.0),
+                    damping: vals(&format!("{p}.inv.damping"))?
+                        .first()
+                        .copied()
+                        .unwrap_or(0.0),
                 })
             } else {
                 None
             };
-            let warm = if on(3) { Some(shaped(format!("{p}.warm"), &[m, k])?) } else { None };
+            let warm = if on(3) {
+                Some(shaped(format!("{p}.warm"), &[m, k])?)
+            } else {
+                None
+            };
             let rows = if on(4) {
                 let ra = get(&format!("{p}.rows.a"))?;
                 let r = ra.dims().first().copied().unwrap_or(0);
@@ -836,7 +901,8 @@ impl Preconditioner {
             layers_new.push((a, g, (tr[0], tr[1]), eig, inv, warm, rows));
         }
         for (l, (a, g, traces, eig, inv, warm, rows)) in self.layers.iter_mut().zip(layers_new) {
-            (l.a, l.g, l.traces, l.eig, l.inv, l.warm, l.rows) = (a, g, traces, eig, inv, warm, rows);
+            (l.a, l.g, l.traces, l.eig, l.inv, l.warm, l.rows) =
+                (a, g, traces, eig, inv, warm, rows);
         }
         self.step = step.first().copied().unwrap_or(0.0) as u64;
         self.damping = damping.first().copied().unwrap_or(self.cfg.damping);
@@ -869,7 +935,12 @@ impl KfacOptimizer {
             }
         }
         let pre = Preconditioner::new(layers, cfg)?;
-        let sgd = SgdMomentum::new(NamedParams::new(named), cfg.lr, cfg.momentum, cfg.weight_decay)?;
+        let sgd = SgdMomentum::new(
+            NamedParams::new(named),
+            cfg.lr,
+            cfg.momentum,
+            cfg.weight_decay,
+        )?;
         let adamw = AdamW::new(others, adamw)?;
         Ok(Self { pre, sgd, adamw })
     }
@@ -894,7 +965,9 @@ impl KfacOptimizer {
             let mut deltas = Vec::new();
             for (i, w0) in before {
                 let spec = &self.pre.layers[i].spec;
-                let Some(gw) = grads.get(spec.weight.as_tensor()) else { continue };
+                let Some(gw) = grads.get(spec.weight.as_tensor()) else {
+                    continue;
+                };
                 let gb = match &spec.bias {
                     Some(b) => Some(grads.get(b.as_tensor()).cloned().unwrap_or(b.zeros_like()?)),
                     None => None,
@@ -980,7 +1053,9 @@ pub fn sample_labels(logits: &Tensor, rng: &mut impl Rng) -> Result<Tensor> {
     let mut labels = Vec::with_capacity(rows.len() / c);
     for row in rows.chunks(c) {
         if row.iter().any(|v| !v.is_finite()) {
-            return Err(KfacError::NonFinite("logits passed to sample_labels".into()));
+            return Err(KfacError::NonFinite(
+                "logits passed to sample_labels".into(),
+            ));
         }
         let u: f64 = rng.random();
         let mut acc = 0.0;

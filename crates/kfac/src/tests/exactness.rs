@@ -26,7 +26,11 @@ impl DeepLinear {
             .iter()
             .enumerate()
             .map(|(i, &(o, n))| {
-                TrackedLinear::new(format!("l{i}"), var(&mut r, &[o, n], 0.7)?, Some(var(&mut r, &[o], 0.3)?))
+                TrackedLinear::new(
+                    format!("l{i}"),
+                    var(&mut r, &[o, n], 0.7)?,
+                    Some(var(&mut r, &[o], 0.3)?),
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers, pooled })
@@ -50,7 +54,10 @@ impl DeepLinear {
         let gw = grads.get(l.weight().as_tensor()).unwrap().clone();
         let gb = grads.get(l.bias().unwrap().as_tensor()).unwrap().clone();
         let g = host(&fold(&gw, Some(&gb))?)?;
-        Ok((0..g.ncols()).flat_map(|j| (0..g.nrows()).map(move |i| (i, j))).map(|(i, j)| g[(i, j)]).collect())
+        Ok((0..g.ncols())
+            .flat_map(|j| (0..g.nrows()).map(move |i| (i, j)))
+            .map(|(i, j)| g[(i, j)])
+            .collect())
     }
 
     /// The exact Fisher (= GGN, Gaussian likelihood with unit variance) of the batch-mean loss
@@ -60,7 +67,10 @@ impl DeepLinear {
         self.set_tracking(false);
         let f = self.forward(x)?;
         let outputs: Vec<Tensor> = if self.pooled {
-            (0..N).flat_map(|n| (0..C).map(move |c| (n, c))).map(|(n, c)| f.i((n, c))).collect::<candle_core::Result<_>>()?
+            (0..N)
+                .flat_map(|n| (0..C).map(move |c| (n, c)))
+                .map(|(n, c)| f.i((n, c)))
+                .collect::<candle_core::Result<_>>()?
         } else {
             (0..N)
                 .flat_map(|n| (0..T).flat_map(move |t| (0..C).map(move |c| (n, t, c))))
@@ -120,7 +130,10 @@ fn expand_is_exact_for_deep_linear_per_token_loss() -> Result<()> {
         let e = rel(&net.kfac(&x, i, WeightSharing::Expand)?, &exact);
         assert!(e < 1e-10, "layer {i}: expand relative error {e}");
     }
-    let reduce = rel(&net.kfac(&x, 0, WeightSharing::Reduce)?, &net.exact_fisher(&x, 0)?);
+    let reduce = rel(
+        &net.kfac(&x, 0, WeightSharing::Reduce)?,
+        &net.exact_fisher(&x, 0)?,
+    );
     assert!(reduce > 1e-2, "reduce should not be exact here: {reduce}");
     Ok(())
 }
@@ -136,7 +149,10 @@ fn reduce_is_exact_for_deep_linear_per_sequence_loss() -> Result<()> {
         let e = rel(&net.kfac(&x, i, WeightSharing::Reduce)?, &exact);
         assert!(e < 1e-10, "layer {i}: reduce relative error {e}");
     }
-    let expand = rel(&net.kfac(&x, 0, WeightSharing::Expand)?, &net.exact_fisher(&x, 0)?);
+    let expand = rel(
+        &net.kfac(&x, 0, WeightSharing::Expand)?,
+        &net.exact_fisher(&x, 0)?,
+    );
     assert!(expand > 1e-2, "expand should not be exact here: {expand}");
     Ok(())
 }

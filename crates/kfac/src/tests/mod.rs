@@ -53,7 +53,9 @@ pub(crate) fn kron(a: &Mat<f64>, g: &Mat<f64>) -> Mat<f64> {
 }
 
 pub(crate) fn add_diag(x: &Mat<f64>, d: f64) -> Mat<f64> {
-    Mat::from_fn(x.nrows(), x.ncols(), |i, j| x[(i, j)] + if i == j { d } else { 0.0 })
+    Mat::from_fn(x.nrows(), x.ncols(), |i, j| {
+        x[(i, j)] + if i == j { d } else { 0.0 }
+    })
 }
 
 /// Dense solve of `M x = b` by LU with partial pivoting (faer).

@@ -21,8 +21,16 @@ impl Mlp {
     fn new(seed: u64) -> Result<Self> {
         let mut r = rng(seed);
         Ok(Self {
-            l1: TrackedLinear::new("l1", var(&mut r, &[8, 4], 0.5)?, Some(var(&mut r, &[8], 0.0)?))?,
-            l2: TrackedLinear::new("l2", var(&mut r, &[2, 8], 0.35)?, Some(var(&mut r, &[2], 0.0)?))?,
+            l1: TrackedLinear::new(
+                "l1",
+                var(&mut r, &[8, 4], 0.5)?,
+                Some(var(&mut r, &[8], 0.0)?),
+            )?,
+            l2: TrackedLinear::new(
+                "l2",
+                var(&mut r, &[2, 8], 0.35)?,
+                Some(var(&mut r, &[2], 0.0)?),
+            )?,
             offset: var(&mut r, &[2], 0.0)?,
         })
     }
@@ -30,36 +38,64 @@ impl Mlp {
     fn copy(&self) -> Result<Self> {
         let c = |v: &Var| Var::from_tensor(&v.as_tensor().copy()?);
         Ok(Self {
-            l1: TrackedLinear::new("l1", c(self.l1.weight())?, Some(c(self.l1.bias().unwrap())?))?,
-            l2: TrackedLinear::new("l2", c(self.l2.weight())?, Some(c(self.l2.bias().unwrap())?))?,
+            l1: TrackedLinear::new(
+                "l1",
+                c(self.l1.weight())?,
+                Some(c(self.l1.bias().unwrap())?),
+            )?,
+            l2: TrackedLinear::new(
+                "l2",
+                c(self.l2.weight())?,
+                Some(c(self.l2.bias().unwrap())?),
+            )?,
             offset: c(&self.offset)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.l1.forward(x)?.tanh()?;
-        Ok(self.l2.forward(&h)?.broadcast_add(self.offset.as_tensor())?)
+        Ok(self
+            .l2
+            .forward(&h)?
+            .broadcast_add(self.offset.as_tensor())?)
     }
 
     fn optimizer(&self, cfg: KfacConfig) -> Result<KfacOptimizer> {
         KfacOptimizer::new(
-            vec![PreconditionedLayer::from_tracked(&self.l1), PreconditionedLayer::from_tracked(&self.l2)],
+            vec![
+                PreconditionedLayer::from_tracked(&self.l1),
+                PreconditionedLayer::from_tracked(&self.l2),
+            ],
             NamedParams::new(vec![("offset".into(), self.offset.clone())]),
             cfg,
-            AdamWConfig { lr: 1e-2, ..Default::default() },
+            AdamWConfig {
+                lr: 1e-2,
+                ..Default::default()
+            },
         )
     }
 
     fn params(&self) -> Result<Vec<f64>> {
         let mut out = Vec::new();
-        for v in [self.l1.weight(), self.l1.bias().unwrap(), self.l2.weight(), self.l2.bias().unwrap(), &self.offset] {
+        for v in [
+            self.l1.weight(),
+            self.l1.bias().unwrap(),
+            self.l2.weight(),
+            self.l2.bias().unwrap(),
+            &self.offset,
+        ] {
             out.extend(v.as_tensor().flatten_all()?.to_vec1::<f64>()?);
         }
         Ok(out)
     }
 
     /// One training step on the empirical Fisher: returns the loss before the step.
-    fn train_step(&self, opt: &mut KfacOptimizer, x: &Tensor, y: &Tensor) -> Result<(f64, crate::KfacStepStats)> {
+    fn train_step(
+        &self,
+        opt: &mut KfacOptimizer,
+        x: &Tensor,
+        y: &Tensor,
+    ) -> Result<(f64, crate::KfacStepStats)> {
         let track = opt.needs_curvature();
         self.l1.set_tracking(track);
         self.l2.set_tracking(track);
@@ -92,7 +128,8 @@ fn data(seed: u64) -> Result<(Tensor, Tensor)> {
 #[test]
 fn every_solver_trains_a_tiny_mlp() -> Result<()> {
     let (x, y) = data(30)?;
-    let loss_of = |net: &Mlp| -> Result<f64> { Ok(mse(&net.forward(&x)?, &y)?.to_scalar::<f64>()?) };
+    let loss_of =
+        |net: &Mlp| -> Result<f64> { Ok(mse(&net.forward(&x)?, &y)?.to_scalar::<f64>()?) };
     for (solver, kind) in [
         (Solver::Eigen, DampingKind::Tikhonov),
         (Solver::Eigen, DampingKind::Factored),
@@ -113,10 +150,20 @@ fn every_solver_trains_a_tiny_mlp() -> Result<()> {
         let initial = loss_of(&net)?;
         for _ in 0..20 {
             let (_, stats) = net.train_step(&mut opt, &x, &y)?;
-            assert_eq!((stats.fallbacks, stats.cg_breakdowns, stats.non_finite_factors), (0, 0, 0));
+            assert_eq!(
+                (
+                    stats.fallbacks,
+                    stats.cg_breakdowns,
+                    stats.non_finite_factors
+                ),
+                (0, 0, 0)
+            );
         }
         let fin = loss_of(&net)?;
-        assert!(fin < 0.5 * initial, "{solver:?}/{kind:?}: loss {initial} → {fin}");
+        assert!(
+            fin < 0.5 * initial,
+            "{solver:?}/{kind:?}: loss {initial} → {fin}"
+        );
     }
     Ok(())
 }
@@ -130,13 +177,36 @@ fn kl_clipping_bound_holds() -> Result<()> {
     net.l1.set_tracking(true);
     net.l2.set_tracking(true);
     let grads = mse(&net.forward(&x)?, &y)?.backward()?;
-    let caps: Vec<_> = [&net.l1, &net.l2].iter().map(|l| l.capture(&grads).unwrap().unwrap()).collect();
-    let layers = vec![PreconditionedLayer::from_tracked(&net.l1), PreconditionedLayer::from_tracked(&net.l2)];
+    let caps: Vec<_> = [&net.l1, &net.l2]
+        .iter()
+        .map(|l| l.capture(&grads).unwrap().unwrap())
+        .collect();
+    let layers = vec![
+        PreconditionedLayer::from_tracked(&net.l1),
+        PreconditionedLayer::from_tracked(&net.l2),
+    ];
     let c = 1e-6;
     let lr = 0.1;
-    let base = KfacConfig { lr, k_fac: 1, k_inv: 1, ..Default::default() };
-    let mut clipped = Preconditioner::new(layers.clone(), KfacConfig { kl_clip: Some(c), ..base })?;
-    let mut free = Preconditioner::new(layers, KfacConfig { kl_clip: None, ..base })?;
+    let base = KfacConfig {
+        lr,
+        k_fac: 1,
+        k_inv: 1,
+        ..Default::default()
+    };
+    let mut clipped = Preconditioner::new(
+        layers.clone(),
+        KfacConfig {
+            kl_clip: Some(c),
+            ..base
+        },
+    )?;
+    let mut free = Preconditioner::new(
+        layers,
+        KfacConfig {
+            kl_clip: None,
+            ..base
+        },
+    )?;
     let (uc, stats) = clipped.step(&grads, &caps)?;
     let (uf, _) = free.step(&grads, &caps)?;
     let nu = stats.kl_scale;
@@ -147,7 +217,10 @@ fn kl_clipping_bound_holds() -> Result<()> {
             let key = format!("{}.{suffix}", l.name());
             let g = grads.get(v.as_tensor()).unwrap();
             vg += (&uf[&key] * g)?.sum_all()?.to_scalar::<f64>()?;
-            let diff = (&uc[&key] - (&uf[&key] * nu)?)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            let diff = (&uc[&key] - (&uf[&key] * nu)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?;
             assert!(diff < 1e-14, "{key}");
         }
     }
@@ -161,10 +234,19 @@ fn kl_clipping_bound_holds() -> Result<()> {
 #[test]
 fn state_round_trip_continues_exactly() -> Result<()> {
     let (x, y) = data(34)?;
-    for solver in [Solver::Eigen, Solver::CgFactor, Solver::CgMatrixFree, Solver::Inverse] {
+    for solver in [
+        Solver::Eigen,
+        Solver::CgFactor,
+        Solver::CgMatrixFree,
+        Solver::Inverse,
+    ] {
         let cfg = KfacConfig {
             solver,
-            damping_kind: if solver == Solver::Inverse { DampingKind::Factored } else { DampingKind::Tikhonov },
+            damping_kind: if solver == Solver::Inverse {
+                DampingKind::Factored
+            } else {
+                DampingKind::Tikhonov
+            },
             k_fac: 2,
             k_inv: 3,
             ..Default::default()
@@ -202,7 +284,10 @@ fn state_round_trip_continues_exactly() -> Result<()> {
 #[test]
 fn non_finite_capture_is_caught() -> Result<()> {
     let net = Mlp::new(36)?;
-    let mut opt = net.optimizer(KfacConfig { k_fac: 1, ..Default::default() })?;
+    let mut opt = net.optimizer(KfacConfig {
+        k_fac: 1,
+        ..Default::default()
+    })?;
     let (x, y) = data(37)?;
     let grads = mse(&net.forward(&x)?, &y)?.backward()?;
     let bad = LayerCapture {
@@ -223,7 +308,13 @@ fn solver_breakdowns_fall_back_to_the_gradient() -> Result<()> {
     let (x, y) = data(38)?;
     for solver in [Solver::CgFactor, Solver::Eigen] {
         let net = Mlp::new(39)?;
-        let cfg = KfacConfig { solver, k_fac: 1000, kl_clip: None, momentum: 0.0, ..Default::default() };
+        let cfg = KfacConfig {
+            solver,
+            k_fac: 1000,
+            kl_clip: None,
+            momentum: 0.0,
+            ..Default::default()
+        };
         let mut opt = net.optimizer(cfg)?;
         net.train_step(&mut opt, &x, &y)?;
         let mut state: HashMap<String, Tensor> = opt.state()?.into_iter().collect();
@@ -233,7 +324,10 @@ fn solver_breakdowns_fall_back_to_the_gradient() -> Result<()> {
             _ => (a.ones_like()? * f64::NAN)?,
         };
         state.insert("kfac.l1.A".into(), poisoned);
-        state.insert("kfac.l1.present".into(), Tensor::new(&[1.0f64, 0.0, 0.0, 0.0, 0.0], a.device())?);
+        state.insert(
+            "kfac.l1.present".into(),
+            Tensor::new(&[1.0f64, 0.0, 0.0, 0.0, 0.0], a.device())?,
+        );
         let mut opt2 = net.optimizer(KfacConfig { k_inv: 1, ..cfg })?;
         opt2.load_state(&state)?;
         let before = net.l1.weight().as_tensor().copy()?;
@@ -247,8 +341,14 @@ fn solver_breakdowns_fall_back_to_the_gradient() -> Result<()> {
         }
         let g = grads.get(net.l1.weight().as_tensor()).unwrap();
         let want = (&before - (g * cfg.lr)?)?;
-        let diff = (net.l1.weight().as_tensor() - want)?.abs()?.max_all()?.to_scalar::<f64>()?;
-        assert!(diff < 1e-14, "{solver:?}: not the plain gradient step ({diff})");
+        let diff = (net.l1.weight().as_tensor() - want)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?;
+        assert!(
+            diff < 1e-14,
+            "{solver:?}: not the plain gradient step ({diff})"
+        );
     }
     Ok(())
 }
@@ -258,13 +358,21 @@ fn solver_breakdowns_fall_back_to_the_gradient() -> Result<()> {
 #[test]
 fn adaptive_damping_follows_levenberg_marquardt() -> Result<()> {
     let net = Mlp::new(40)?;
-    let cfg = KfacConfig { adaptive_damping: true, damping: 1e-2, max_damping: 1.1e-2, ..Default::default() };
+    let cfg = KfacConfig {
+        adaptive_damping: true,
+        damping: 1e-2,
+        max_damping: 1.1e-2,
+        ..Default::default()
+    };
     let mut opt = net.optimizer(cfg)?;
     let w = cfg.damping_factor;
     assert!((opt.adapt_damping(-0.9, -1.0) - 1e-2 * w).abs() < 1e-15);
     assert!((opt.adapt_damping(-0.5, -1.0) - 1e-2 * w).abs() < 1e-15);
     assert!((opt.adapt_damping(-0.1, -1.0) - 1e-2).abs() < 1e-15);
-    assert!((opt.adapt_damping(0.3, -1.0) - 1.1e-2).abs() < 1e-15);
+    assert!((opt.adapt_damping(0.3, -1.0) - 1e-2 / w).abs() < 1e-15);
+    // 1e-2/ω² = 0.01108 exceeds max_damping = 0.011: clamped.
+    assert_eq!(opt.adapt_damping(0.3, -1.0), 1.1e-2);
+    // A non-descent prediction carries no information: λ unchanged.
     assert_eq!(opt.adapt_damping(-1.0, 0.5), 1.1e-2);
     // The step reports a negative predicted change for a descent step.
     let (x, y) = data(41)?;
@@ -295,9 +403,16 @@ fn sample_labels_follow_the_softmax() -> Result<()> {
 
 #[test]
 fn invalid_configs_are_rejected() {
-    let bad = KfacConfig { solver: Solver::Inverse, damping_kind: DampingKind::Tikhonov, ..Default::default() };
+    let bad = KfacConfig {
+        solver: Solver::Inverse,
+        damping_kind: DampingKind::Tikhonov,
+        ..Default::default()
+    };
     assert!(bad.validate().unwrap_err().to_string().contains("Factored"));
-    let bad = KfacConfig { damping: 0.0, ..Default::default() };
+    let bad = KfacConfig {
+        damping: 0.0,
+        ..Default::default()
+    };
     assert!(bad.validate().unwrap_err().to_string().contains("damping"));
     assert!(KfacConfig::default().validate().is_ok());
 }

@@ -115,7 +115,12 @@ fn eigen_matches_dense_tikhonov_solve() -> Result<()> {
 fn eigen_and_inverse_match_dense_factored_solve() -> Result<()> {
     let c = case(11, 9)?;
     let want = dense_factored(&c, 1e-2);
-    for solver in [Solver::Eigen, Solver::Inverse, Solver::CgFactor, Solver::CgMatrixFree] {
+    for solver in [
+        Solver::Eigen,
+        Solver::Inverse,
+        Solver::CgFactor,
+        Solver::CgMatrixFree,
+    ] {
         let (u, _) = precondition(&c, tight(solver, DampingKind::Factored, 1e-2))?;
         let e = rel(&u, &want);
         assert!(e < 1e-8, "{solver:?}: relative error {e}");
@@ -151,7 +156,10 @@ fn cg_default_tolerance_lands_within_its_residual_bound() -> Result<()> {
         ..Default::default()
     };
     let (u, stats) = precondition(&c, cfg)?;
-    assert!(stats.cg_iterations_max < cfg.cg_max_iters, "stopped by the cap: {stats:?}");
+    assert!(
+        stats.cg_iterations_max < cfg.cg_max_iters,
+        "stopped by the cap: {stats:?}"
+    );
     let k = add_diag(&kron(&c.a, &c.g), damping);
     let mu = &k * &vec_col(&u);
     let r = &vec_col(&c.grad) - &mu;

@@ -14,8 +14,16 @@ impl Net {
     fn new(seed: u64) -> Result<Self> {
         let mut r = rng(seed);
         Ok(Self {
-            l1: TrackedLinear::new("l1", var(&mut r, &[5, 4], 0.5)?, Some(var(&mut r, &[5], 0.1)?))?,
-            l2: TrackedLinear::new("l2", var(&mut r, &[2, 5], 0.5)?, Some(var(&mut r, &[2], 0.1)?))?,
+            l1: TrackedLinear::new(
+                "l1",
+                var(&mut r, &[5, 4], 0.5)?,
+                Some(var(&mut r, &[5], 0.1)?),
+            )?,
+            l2: TrackedLinear::new(
+                "l2",
+                var(&mut r, &[2, 5], 0.5)?,
+                Some(var(&mut r, &[2], 0.1)?),
+            )?,
         })
     }
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -48,8 +56,14 @@ fn captures_match_analytic_and_finite_differences() -> Result<()> {
     let c2 = net.l2.capture(&grads)?.expect("l2 recorded");
 
     // Analytic forward and backward.
-    let (w1, b1) = (net.l1.weight().as_tensor(), net.l1.bias().unwrap().as_tensor());
-    let (w2, b2) = (net.l2.weight().as_tensor(), net.l2.bias().unwrap().as_tensor());
+    let (w1, b1) = (
+        net.l1.weight().as_tensor(),
+        net.l1.bias().unwrap().as_tensor(),
+    );
+    let (w2, b2) = (
+        net.l2.weight().as_tensor(),
+        net.l2.bias().unwrap().as_tensor(),
+    );
     let y1 = x.matmul(&w1.t()?)?.broadcast_add(b1)?;
     let h = y1.tanh()?;
     let y2 = h.matmul(&w2.t()?)?.broadcast_add(b2)?;
@@ -79,7 +93,11 @@ fn captures_match_analytic_and_finite_differences() -> Result<()> {
         let fp = loss_of_y1(&Tensor::from_vec(plus, (3, 5), x.device())?)?;
         let fm = loss_of_y1(&Tensor::from_vec(minus, (3, 5), x.device())?)?;
         let fd = (fp - fm) / (2.0 * eps);
-        assert!((fd - got[i]).abs() < 1e-8, "entry {i}: fd {fd} vs {}", got[i]);
+        assert!(
+            (fd - got[i]).abs() < 1e-8,
+            "entry {i}: fd {fd} vs {}",
+            got[i]
+        );
     }
     Ok(())
 }
