@@ -27,7 +27,10 @@ fn ln_comp(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// Median wall time in milliseconds of `reps` runs of `f` (after one warm-up run).
-fn median_ms(reps: usize, mut f: impl FnMut() -> candle_core::Result<()>) -> candle_core::Result<f64> {
+fn median_ms(
+    reps: usize,
+    mut f: impl FnMut() -> candle_core::Result<()>,
+) -> candle_core::Result<f64> {
     f()?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
@@ -64,9 +67,19 @@ fn main() -> candle_core::Result<()> {
         .max(1);
     let cases: [(&str, &[usize], Op, Op); 4] = [
         ("LayerNorm", &[64, 17, 64], ln_fused, ln_comp),
-        ("softmax", &[64, 4, 17, 17], softmax_last_dim, softmax_last_dim_composite),
+        (
+            "softmax",
+            &[64, 4, 17, 17],
+            softmax_last_dim,
+            softmax_last_dim_composite,
+        ),
         ("LayerNorm", &[16, 256, 256], ln_fused, ln_comp),
-        ("softmax", &[16, 8, 256, 256], softmax_last_dim, softmax_last_dim_composite),
+        (
+            "softmax",
+            &[16, 8, 256, 256],
+            softmax_last_dim,
+            softmax_last_dim_composite,
+        ),
     ];
     println!(
         "fused vs composite, f32 CPU, median of {reps} repeats, candle threads = {}\n",

@@ -239,7 +239,10 @@ fn layer_norm_of_a_constant_row_is_zero_with_finite_gradient() {
         for (gi, wi) in g.iter().zip(wv) {
             let want = (wi - mean_w) / EPS.sqrt();
             assert!(gi.is_finite());
-            assert!((gi - want).abs() <= 4.0 * U * want.abs().max(1.0), "{gi} vs {want}");
+            assert!(
+                (gi - want).abs() <= 4.0 * U * want.abs().max(1.0),
+                "{gi} vs {want}"
+            );
         }
     }
 }
@@ -262,8 +265,14 @@ fn layer_norm_large_magnitudes() {
     let (yf, gf) = value_and_grad(ln_fused, &x32, &wt);
     let (yr, gr) = value_and_grad(ln_comp, &x64, &wt.to_dtype(DType::F64).unwrap());
     for i in 0..yf.len() {
-        assert!((yf[i] - yr[i]).abs() <= 4.0 * U * (1.0 + yr[i].abs()), "y[{i}]");
-        assert!((gf[i] - gr[i]).abs() <= 8.0 * U * (1.0 + gr[i].abs()), "dx[{i}]");
+        assert!(
+            (yf[i] - yr[i]).abs() <= 4.0 * U * (1.0 + yr[i].abs()),
+            "y[{i}]"
+        );
+        assert!(
+            (gf[i] - gr[i]).abs() <= 8.0 * U * (1.0 + gr[i].abs()),
+            "dx[{i}]"
+        );
     }
 }
 
@@ -330,7 +339,10 @@ fn gradients_reach_an_upstream_var() {
         };
         let (gf, gc) = (grad_v(fused), grad_v(comp));
         let scale = gc.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-        assert!(gf.iter().any(|v| v.abs() > 1e-3), "gradient is identically zero");
+        assert!(
+            gf.iter().any(|v| v.abs() > 1e-3),
+            "gradient is identically zero"
+        );
         for (a, b) in gf.iter().zip(&gc) {
             // Row length 9: 2·(n+4)·u·(2+max|y|)²·(1+A) ≈ 1e-4 relative to the largest entry.
             assert!((a - b).abs() <= 1e-4 * scale, "{a} vs {b}");
@@ -343,8 +355,16 @@ fn non_contiguous_input_matches_contiguous() {
     // A transposed view (strides not row-major): the result must equal the op on a contiguous copy,
     // and the gradient must reach the underlying Var in the transposed layout.
     let mut rng = ChaCha8Rng::seed_from_u64(8);
-    let base = tensor(&randn(&mut rng, &[17, 8, 16], 1.0, 0.0), &[17, 8, 16], DType::F32);
-    let w = tensor(&randn(&mut rng, &[8, 17, 16], 1.0, 0.0), &[8, 17, 16], DType::F32);
+    let base = tensor(
+        &randn(&mut rng, &[17, 8, 16], 1.0, 0.0),
+        &[17, 8, 16],
+        DType::F32,
+    );
+    let w = tensor(
+        &randn(&mut rng, &[8, 17, 16], 1.0, 0.0),
+        &[8, 17, 16],
+        DType::F32,
+    );
     for op in [ln_fused as Op, softmax_last_dim] {
         let v = Var::from_tensor(&base).unwrap();
         let view = v.as_tensor().transpose(0, 1).unwrap();
@@ -364,7 +384,11 @@ fn fused_forward_matches_candle_nn_fast_kernels() {
     // An independent implementation of the forward pass: candle-nn's fast (non-differentiable) ops.
     // Both round once from a higher-precision or identical computation: allow 2·(n+4)·u relative.
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let x = tensor(&randn(&mut rng, &[64, 17, 64], 2.0, 0.5), &[64, 17, 64], DType::F32);
+    let x = tensor(
+        &randn(&mut rng, &[64, 17, 64], 2.0, 0.5),
+        &[64, 17, 64],
+        DType::F32,
+    );
     let ones = Tensor::ones(64, DType::F32, &Device::Cpu).unwrap();
     let zeros = Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap();
     let pairs = [
@@ -480,6 +504,11 @@ fn composite_is_mean_zero_along_last_dim() {
     let y = layer_norm_normalize_composite(&x, EPS).unwrap();
     let m = to_vec(&y.mean(D::Minus1).unwrap());
     assert!(m.iter().all(|v| v.abs() < 1e-6));
-    let s = to_vec(&softmax_last_dim_composite(&x).unwrap().sum(D::Minus1).unwrap());
+    let s = to_vec(
+        &softmax_last_dim_composite(&x)
+            .unwrap()
+            .sum(D::Minus1)
+            .unwrap(),
+    );
     assert!(s.iter().all(|v| (v - 1.0).abs() < 1e-6));
 }

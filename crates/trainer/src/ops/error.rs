@@ -21,7 +21,9 @@ pub enum OpsError {
     },
     /// A kernel was handed a dtype it has no implementation for (internal: the public functions fall
     /// back to the composite version before this can happen).
-    #[error("{op}: no fused CPU kernel for dtype {dtype:?}; use the composite version for this dtype")]
+    #[error(
+        "{op}: no fused CPU kernel for dtype {dtype:?}; use the composite version for this dtype"
+    )]
     UnsupportedDType {
         /// Name of the operation.
         op: &'static str,

@@ -39,109 +39,127 @@ pub(crate) fn contiguous_slice<'a, T: WithDType>(
     Ok(&storage.as_slice::<T>()?[start..end])
 }
 
+/// `Σ f(a_i)` in `f64` with four independent accumulators (breaks the add-latency chain; the
+/// rounding-error bound of an `n`-term sum is unchanged in form).
+#[inline(always)]
+fn sum_by<T: Copy>(a: &[T], f: impl Fn(T) -> f64) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let chunks = a.chunks_exact(4);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for k in 0..4 {
+            acc[k] += f(c[k]);
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// `Σ f(a_i, b_i)` in `f64`, as [`sum_by`].
+#[inline(always)]
+fn sum2_by<T: Copy>(a: &[T], b: &[T], f: impl Fn(T, T) -> f64) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&u, &v)| f(u, v))
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..4 {
+            acc[k] += f(x[k], y[k]);
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
 /// Mean `μ` and `1/s = 1/sqrt(σ² + ε)` of one row (two-pass variance, in `f64`).
 #[inline]
 fn row_stats<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len() as f64;
-    let mean = x.iter().map(|v| v.to_f64()).sum::<f64>() / n;
-    let var = x
-        .iter()
-        .map(|v| {
-            let d = v.to_f64() - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / n;
+    let mean = sum_by(x, |v| v.to_f64()) / n;
+    let var = sum_by(x, |v| {
+        let d = v.to_f64() - mean;
+        d * d
+    }) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// LayerNorm forward: `y = (x − μ)/sqrt(σ² + ε)` for every row of length `n`.
-pub(crate) fn layer_norm_fwd<T: Real>(x: &[T], n: usize, eps: f64, y: &mut [T]) {
+/// LayerNorm forward: `y = (x − μ)/sqrt(σ² + ε)` for every row of length `n` (`x.len()` a multiple
+/// of `n`; empty output when `n = 0`).
+pub(crate) fn layer_norm_fwd<T: Real>(x: &[T], n: usize, eps: f64) -> Vec<T> {
+    let mut y = Vec::with_capacity(x.len());
     if n == 0 {
-        return;
+        return y;
     }
-    for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+    for xr in x.chunks_exact(n) {
         let (mean, inv_s) = row_stats(xr, eps);
-        for (yi, xi) in yr.iter_mut().zip(xr) {
-            *yi = T::from_f64((xi.to_f64() - mean) * inv_s);
-        }
+        y.extend(xr.iter().map(|v| T::from_f64((v.to_f64() - mean) * inv_s)));
     }
+    y
 }
 
 /// LayerNorm backward: `dx = (dy − mean(dy) − y·mean(dy⊙y)) / s`, with `y` and `s` recomputed from
 /// `x` in `f64` (so the formula is applied to the unrounded `y`).
-pub(crate) fn layer_norm_bwd<T: Real>(x: &[T], dy: &[T], n: usize, eps: f64, dx: &mut [T]) {
+pub(crate) fn layer_norm_bwd<T: Real>(x: &[T], dy: &[T], n: usize, eps: f64) -> Vec<T> {
+    let mut dx = Vec::with_capacity(x.len());
     if n == 0 {
-        return;
+        return dx;
     }
     let nf = n as f64;
-    for ((xr, gr), dxr) in x
-        .chunks_exact(n)
-        .zip(dy.chunks_exact(n))
-        .zip(dx.chunks_exact_mut(n))
-    {
+    for (xr, gr) in x.chunks_exact(n).zip(dy.chunks_exact(n)) {
         let (mean, inv_s) = row_stats(xr, eps);
-        let (mut sum_g, mut sum_gy) = (0.0f64, 0.0f64);
-        for (xi, gi) in xr.iter().zip(gr) {
-            let g = gi.to_f64();
-            sum_g += g;
-            sum_gy += g * (xi.to_f64() - mean) * inv_s;
-        }
-        let (mean_g, mean_gy) = (sum_g / nf, sum_gy / nf);
-        for ((dxi, xi), gi) in dxr.iter_mut().zip(xr).zip(gr) {
-            let y = (xi.to_f64() - mean) * inv_s;
-            *dxi = T::from_f64(inv_s * (gi.to_f64() - mean_g - y * mean_gy));
-        }
+        let mean_g = sum_by(gr, |g| g.to_f64()) / nf;
+        let mean_gy = sum2_by(xr, gr, |v, g| g.to_f64() * (v.to_f64() - mean)) * inv_s / nf;
+        dx.extend(xr.iter().zip(gr).map(|(v, g)| {
+            let y = (v.to_f64() - mean) * inv_s;
+            T::from_f64(inv_s * (g.to_f64() - mean_g - y * mean_gy))
+        }));
     }
+    dx
 }
 
 /// Softmax forward: `y = exp(x − max x) / Σ exp(x − max x)` for every row of length `n`. The
 /// exponentials are taken in `T` (after the shift every argument is ≤ 0, so nothing overflows), the
 /// sum in `f64`.
-pub(crate) fn softmax_fwd<T: Real>(x: &[T], n: usize, y: &mut [T]) {
+pub(crate) fn softmax_fwd<T: Real>(x: &[T], n: usize) -> Vec<T> {
+    let mut y = Vec::with_capacity(x.len());
     if n == 0 {
-        return;
+        return y;
     }
-    for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+    for xr in x.chunks_exact(n) {
         let mut max = xr[0];
         for &v in &xr[1..] {
             if v > max {
                 max = v;
             }
         }
-        let mut sum = 0.0f64;
-        for (yi, &xi) in yr.iter_mut().zip(xr) {
-            let e = (xi - max).exp_t();
-            sum += e.to_f64();
-            *yi = e;
-        }
-        let inv = 1.0 / sum;
-        for yi in yr.iter_mut() {
-            *yi = T::from_f64(yi.to_f64() * inv);
+        let start = y.len();
+        y.extend(xr.iter().map(|&v| (v - max).exp_t()));
+        let row = &mut y[start..];
+        let inv = 1.0 / sum_by(row, |e| e.to_f64());
+        for e in row.iter_mut() {
+            *e = T::from_f64(e.to_f64() * inv);
         }
     }
+    y
 }
 
 /// Softmax backward: `dx = y ⊙ (dy − Σ dy⊙y)` for every row of length `n`.
-pub(crate) fn softmax_bwd<T: Real>(y: &[T], dy: &[T], n: usize, dx: &mut [T]) {
+pub(crate) fn softmax_bwd<T: Real>(y: &[T], dy: &[T], n: usize) -> Vec<T> {
+    let mut dx = Vec::with_capacity(y.len());
     if n == 0 {
-        return;
+        return dx;
     }
-    for ((yr, gr), dxr) in y
-        .chunks_exact(n)
-        .zip(dy.chunks_exact(n))
-        .zip(dx.chunks_exact_mut(n))
-    {
-        let dot = yr
-            .iter()
-            .zip(gr)
-            .map(|(a, b)| a.to_f64() * b.to_f64())
-            .sum::<f64>();
-        for ((dxi, yi), gi) in dxr.iter_mut().zip(yr).zip(gr) {
-            let yv = yi.to_f64();
-            *dxi = T::from_f64(yv * (gi.to_f64() - dot));
-        }
+    for (yr, gr) in y.chunks_exact(n).zip(dy.chunks_exact(n)) {
+        let dot = sum2_by(yr, gr, |a, b| a.to_f64() * b.to_f64());
+        dx.extend(
+            yr.iter()
+                .zip(gr)
+                .map(|(a, g)| T::from_f64(a.to_f64() * (g.to_f64() - dot))),
+        );
     }
+    dx
 }
 
 #[cfg(test)]
@@ -153,8 +171,7 @@ mod tests {
     fn softmax_exact_case() {
         // softmax([0, ln 2]) = [1/3, 2/3] exactly; second row is the shifted copy (shift invariance).
         let x = [0.0f64, 2f64.ln(), 100.0, 100.0 + 2f64.ln()];
-        let mut y = [0.0; 4];
-        softmax_fwd(&x, 2, &mut y);
+        let y = softmax_fwd(&x, 2);
         for (got, want) in y.iter().zip([1.0 / 3.0, 2.0 / 3.0, 1.0 / 3.0, 2.0 / 3.0]) {
             assert!((got - want).abs() < 1e-15, "{got} vs {want}");
         }
@@ -164,11 +181,23 @@ mod tests {
     fn layer_norm_exact_case() {
         // x = [1, 2, 3]: μ = 2, σ² = 2/3, y = [−1, 0, 1]/sqrt(2/3 + ε).
         let eps = 1e-5;
-        let mut y = [0.0f64; 3];
-        layer_norm_fwd(&[1.0, 2.0, 3.0], 3, eps, &mut y);
+        let y = layer_norm_fwd(&[1.0f64, 2.0, 3.0], 3, eps);
         let s = (2.0f64 / 3.0 + eps).sqrt();
         for (got, want) in y.iter().zip([-1.0 / s, 0.0, 1.0 / s]) {
             assert!((got - want).abs() < 1e-15, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn four_accumulator_sums_match_sequential_sums() {
+        // Lengths 0..=9 cover empty input, pure tail, full chunks and chunk + tail.
+        for len in 0..=9usize {
+            let a: Vec<f64> = (0..len).map(|i| 0.5 + i as f64).collect();
+            let b: Vec<f64> = (0..len).map(|i| 2.0 - i as f64).collect();
+            let want: f64 = a.iter().sum();
+            let want2: f64 = a.iter().zip(&b).map(|(u, v)| u * v).sum();
+            assert_eq!(sum_by(&a, |v| v), want, "len {len}");
+            assert_eq!(sum2_by(&a, &b, |u, v| u * v), want2, "len {len}");
         }
     }
 
@@ -177,10 +206,8 @@ mod tests {
         // J = diag(y) − y yᵀ, dx = Jᵀ dy (J is symmetric).
         let x = [0.3f64, -1.2, 2.0, 0.7, -0.1];
         let dy = [1.0f64, -0.5, 0.25, 2.0, -1.5];
-        let mut y = [0.0; 5];
-        softmax_fwd(&x, 5, &mut y);
-        let mut dx = [0.0; 5];
-        softmax_bwd(&y, &dy, 5, &mut dx);
+        let y = softmax_fwd(&x, 5);
+        let dx = softmax_bwd(&y, &dy, 5);
         for j in 0..5 {
             let want: f64 = (0..5)
                 .map(|i| {
@@ -200,12 +227,10 @@ mod tests {
         let dy = [1.0f64, -0.5, 0.25, 2.0, -1.5];
         let eps = 1e-3;
         let loss = |x: &[f64]| {
-            let mut y = [0.0; 5];
-            layer_norm_fwd(x, 5, eps, &mut y);
+            let y = layer_norm_fwd(x, 5, eps);
             y.iter().zip(&dy).map(|(a, b)| a * b).sum::<f64>()
         };
-        let mut dx = [0.0; 5];
-        layer_norm_bwd(&x, &dy, 5, eps, &mut dx);
+        let dx = layer_norm_bwd(&x, &dy, 5, eps);
         let h = 1e-6;
         for j in 0..5 {
             let (mut xp, mut xm) = (x, x);
@@ -218,8 +243,8 @@ mod tests {
 
     #[test]
     fn empty_rows_are_a_no_op() {
-        let mut y: [f32; 0] = [];
-        layer_norm_fwd::<f32>(&[], 0, 1e-5, &mut y);
-        softmax_fwd::<f32>(&[], 0, &mut y);
+        assert!(layer_norm_fwd::<f32>(&[], 0, 1e-5).is_empty());
+        assert!(softmax_fwd::<f32>(&[], 0).is_empty());
+        assert!(softmax_bwd::<f32>(&[], &[], 0).is_empty());
     }
 }

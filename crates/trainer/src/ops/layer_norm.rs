@@ -61,8 +61,7 @@ struct LayerNormFwd {
 impl LayerNormFwd {
     fn run<T: Real>(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
         let x = contiguous_slice::<T>(s, l, FWD_NAME)?;
-        let mut y = vec![T::from_f64(0.0); x.len()];
-        kernels::layer_norm_fwd(x, row_len(l.shape()), self.eps, &mut y);
+        let y = kernels::layer_norm_fwd(x, row_len(l.shape()), self.eps);
         Ok(T::to_cpu_storage_owned(y))
     }
 }
@@ -76,7 +75,13 @@ impl CustomOp1 for LayerNormFwd {
         let out = match s.dtype() {
             DType::F32 => self.run::<f32>(s, l)?,
             DType::F64 => self.run::<f64>(s, l)?,
-            dtype => return Err(OpsError::UnsupportedDType { op: FWD_NAME, dtype }.into()),
+            dtype => {
+                return Err(OpsError::UnsupportedDType {
+                    op: FWD_NAME,
+                    dtype,
+                }
+                .into())
+            }
         };
         Ok((out, l.shape().clone()))
     }
@@ -103,8 +108,7 @@ impl LayerNormBwd {
     ) -> candle_core::Result<CpuStorage> {
         let x = contiguous_slice::<T>(sx, lx, BWD_NAME)?;
         let dy = contiguous_slice::<T>(sg, lg, BWD_NAME)?;
-        let mut dx = vec![T::from_f64(0.0); x.len()];
-        kernels::layer_norm_bwd(x, dy, row_len(lx.shape()), self.eps, &mut dx);
+        let dx = kernels::layer_norm_bwd(x, dy, row_len(lx.shape()), self.eps);
         Ok(T::to_cpu_storage_owned(dx))
     }
 }
@@ -125,7 +129,13 @@ impl CustomOp2 for LayerNormBwd {
         let out = match sx.dtype() {
             DType::F32 => self.run::<f32>(sx, lx, sg, lg)?,
             DType::F64 => self.run::<f64>(sx, lx, sg, lg)?,
-            dtype => return Err(OpsError::UnsupportedDType { op: BWD_NAME, dtype }.into()),
+            dtype => {
+                return Err(OpsError::UnsupportedDType {
+                    op: BWD_NAME,
+                    dtype,
+                }
+                .into())
+            }
         };
         Ok((out, lx.shape().clone()))
     }
@@ -191,6 +201,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("dtypes"), "{err}");
+    }
+
+    #[test]
+    fn second_order_gradient_is_a_loud_error() {
+        // Differentiating through the backward kernel must fail, not return a silently wrong value.
+        let v = candle_core::Var::new(&[[1.0f64, 2.0, 4.0]], &Device::Cpu).unwrap();
+        let dy = Tensor::new(&[[1.0f64, 0.0, -1.0]], &Device::Cpu).unwrap();
+        let dx = v
+            .as_tensor()
+            .apply_op2(&dy, LayerNormBwd { eps: 1e-5 })
+            .unwrap();
+        let err = dx.sum_all().unwrap().backward().unwrap_err().to_string();
+        assert!(err.contains(BWD_NAME), "{err}");
     }
 
     #[test]

@@ -51,8 +51,7 @@ struct SoftmaxFwd;
 
 fn run_fwd<T: Real>(s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
     let x = contiguous_slice::<T>(s, l, FWD_NAME)?;
-    let mut y = vec![T::from_f64(0.0); x.len()];
-    kernels::softmax_fwd(x, row_len(l.shape()), &mut y);
+    let y = kernels::softmax_fwd(x, row_len(l.shape()));
     Ok(T::to_cpu_storage_owned(y))
 }
 
@@ -65,7 +64,13 @@ impl CustomOp1 for SoftmaxFwd {
         let out = match s.dtype() {
             DType::F32 => run_fwd::<f32>(s, l)?,
             DType::F64 => run_fwd::<f64>(s, l)?,
-            dtype => return Err(OpsError::UnsupportedDType { op: FWD_NAME, dtype }.into()),
+            dtype => {
+                return Err(OpsError::UnsupportedDType {
+                    op: FWD_NAME,
+                    dtype,
+                }
+                .into())
+            }
         };
         Ok((out, l.shape().clone()))
     }
@@ -88,8 +93,7 @@ fn run_bwd<T: Real>(
 ) -> candle_core::Result<CpuStorage> {
     let y = contiguous_slice::<T>(sy, ly, BWD_NAME)?;
     let dy = contiguous_slice::<T>(sg, lg, BWD_NAME)?;
-    let mut dx = vec![T::from_f64(0.0); y.len()];
-    kernels::softmax_bwd(y, dy, row_len(ly.shape()), &mut dx);
+    let dx = kernels::softmax_bwd(y, dy, row_len(ly.shape()));
     Ok(T::to_cpu_storage_owned(dx))
 }
 
@@ -109,7 +113,13 @@ impl CustomOp2 for SoftmaxBwd {
         let out = match sy.dtype() {
             DType::F32 => run_bwd::<f32>(sy, ly, sg, lg)?,
             DType::F64 => run_bwd::<f64>(sy, ly, sg, lg)?,
-            dtype => return Err(OpsError::UnsupportedDType { op: BWD_NAME, dtype }.into()),
+            dtype => {
+                return Err(OpsError::UnsupportedDType {
+                    op: BWD_NAME,
+                    dtype,
+                }
+                .into())
+            }
         };
         Ok((out, ly.shape().clone()))
     }
