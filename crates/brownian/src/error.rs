@@ -124,7 +124,7 @@ pub enum BrownianError {
         expected: &'static str,
     },
     /// The ₁F₁ series would lose too many digits to cancellation.
-    #[error("₁F₁({a}; {b}; {z}) by its power series would lose more than 6 digits to cancellation; use a smaller |z| (a smaller step D·Δt/r²)")]
+    #[error("₁F₁({a}; {b}; {z}) by its power series loses too many digits to cancellation (largest term > 10⁶·max(|result|, 1)); use a smaller |z| (a smaller step D·Δt/r²)")]
     HypergeometricPrecision {
         /// Upper parameter.
         a: f64,

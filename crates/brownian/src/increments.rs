@@ -172,9 +172,9 @@ pub fn quadratic_variation(traj: &Trajectories) -> Vec<f64> {
     let mut q = vec![0.0; traj.steps()];
     for m in 0..traj.members() {
         let mut acc = 0.0;
-        for t in 1..traj.steps() {
+        for (t, qt) in q.iter_mut().enumerate().skip(1) {
             acc += crate::trajectory::dist_sq(traj.point(m, t - 1), traj.point(m, t));
-            q[t] += acc;
+            *qt += acc;
         }
     }
     q.iter_mut().for_each(|v| *v /= traj.members() as f64);

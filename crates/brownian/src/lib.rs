@@ -9,7 +9,7 @@
 //! - [`msd`]: mean squared displacement (Euclidean, chordal, geodesic), its exponent α by a
 //!   log-log least-squares fit with a bootstrap interval over members, and the diffusion
 //!   coefficient D in Rⁿ and on the sphere;
-//! - [`dfa`]: the Hurst exponent of a scalar series by detrended fluctuation analysis;
+//! - [`mod@dfa`]: the Hurst exponent of a scalar series by detrended fluctuation analysis;
 //! - [`increments`]: excess kurtosis and Jarque–Bera, autocorrelation with its white-noise band,
 //!   quadratic-variation linearity, drift share;
 //! - [`ito`]: the inward drift `−σ²(n−1)/2` of renormalised tangent steps;

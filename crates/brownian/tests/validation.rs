@@ -407,3 +407,37 @@ fn analyse_on_the_sphere_uses_geodesic_msd() {
     );
     assert!((rep.alpha - 1.0).abs() < 0.05, "α = {}", rep.alpha);
 }
+
+/// The bootstrap interval over members is calibrated: over R = 24 independent ensembles of Brownian
+/// motion, the mean bootstrap SE ((hi − lo)/3.92) matches the replicate sd of α̂. That sd is itself
+/// estimated from 24 values, with relative SE 1/√(2·23) = 15%: the ratio must lie in [0.55, 1.6]
+/// (≈ 3 of those SEs either side on the log scale). Coverage of α = 1 by the 95% interval has
+/// expectation 22.8 of 24 and binomial sd 1.07: at least 18 is 4.5 sd below.
+#[test]
+fn bootstrap_interval_is_calibrated() {
+    let reps = 24;
+    let mut g = rng(120);
+    let (mut alphas, mut ses, mut covered) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..reps {
+        let traj = brownian_motion(32, 256, 2, 1.0, 1.0, &mut g).unwrap();
+        let e = msd_exponent(
+            &traj,
+            MsdKind::Euclidean,
+            &LagWindow::default(),
+            200,
+            0.95,
+            &mut g,
+        )
+        .unwrap();
+        let (lo, hi) = e.alpha_ci.unwrap();
+        covered += usize::from(lo <= 1.0 && 1.0 <= hi);
+        ses.push((hi - lo) / 3.92);
+        alphas.push(e.alpha);
+    }
+    let mean = alphas.iter().sum::<f64>() / reps as f64;
+    let sd = (alphas.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (reps - 1) as f64).sqrt();
+    let boot = ses.iter().sum::<f64>() / reps as f64;
+    eprintln!("bootstrap SE {boot:.4} vs replicate sd {sd:.4}, coverage {covered}/{reps}");
+    assert!((0.55..=1.6).contains(&(boot / sd)), "ratio {}", boot / sd);
+    assert!(covered >= 18, "coverage {covered}/{reps}");
+}
