@@ -69,6 +69,9 @@ pub struct TrainConfig {
     /// Whether the linear weights in `init` are stored `(in, out)` (PyTorch-export of `x·W`, JAX)
     /// rather than Candle's `(out, in)`.
     pub init_in_out: bool,
+    /// K-FAC / CG-FAC settings (`None`: the defaults of the chosen optimizer).
+    #[serde(default)]
+    pub kfac: Option<crate::kfac::KfacSettings>,
 }
 
 impl TrainConfig {
@@ -91,6 +94,7 @@ impl TrainConfig {
             diagnostics: true,
             init: None,
             init_in_out: false,
+            kfac: None,
         }
     }
 

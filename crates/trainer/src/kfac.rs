@@ -1,51 +1,242 @@
-//! Wiring of `--optimizer kfac|cgfac` to the `bmt-kfac` crate (being integrated).
+//! `--optimizer kfac|cgfac`: the `bmt-kfac` preconditioner on every Q, K, V, O and MLP linear of
+//! the model, SGD with momentum on their preconditioned gradients, AdamW on everything else.
+//!
+//! On the steps where the preconditioner refreshes its factors (every `k_fac` steps) the tracked
+//! layers record their inputs and output gradients. With the Monte-Carlo Fisher (the default) the
+//! output gradients come from one extra backward pass of the loss against labels sampled from the
+//! model's own predictive distribution, with a generator seeded by `(seed, step)` so that a resumed
+//! run samples the same labels.
 
-use bmt_kfac::AdamWConfig;
-use candle_core::backprop::GradStore;
-use candle_core::Tensor;
-use serde_json::Value;
 use std::collections::HashMap;
 
-use crate::config::TrainConfig;
-use crate::error::{Result, TrainError};
-use crate::model::Vit;
+use bmt_kfac::{
+    AdamWConfig, FisherType, KfacConfig, KfacOptimizer, KfacStepStats, LayerCapture, NamedParams,
+    PreconditionedLayer, Solver,
+};
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
-/// K-FAC optimizer of a run.
-pub struct KfacRun;
+use crate::config::{OptimizerKind, TrainConfig};
+use crate::error::{Result, TrainError};
+use crate::model::{cross_entropy, Vit};
+
+/// Default learning rate of the outer SGD of `--optimizer kfac|cgfac`.
+pub const DEFAULT_LR: f64 = 0.1;
+
+/// K-FAC settings of a run (`config.json`); `None` fields take the crate's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KfacSettings {
+    /// Solver: `eigen`, `inverse`, `cg` (CG-FAC on the factors) or `cg-matrix-free`.
+    pub solver: String,
+    /// Tikhonov damping λ.
+    pub damping: f64,
+    /// Factor refresh period.
+    pub k_fac: u64,
+    /// Eigenbasis / inverse refresh period.
+    pub k_inv: u64,
+    /// `mc` (Monte-Carlo, true Fisher) or `empirical`.
+    pub fisher: String,
+    /// KL-clipping constant (0 disables).
+    pub kl_clip: f64,
+    /// CG tolerance (relative squared residual).
+    pub cg_tol: f64,
+    /// CG iteration cap.
+    pub cg_max_iters: usize,
+    /// Learning rate of the AdamW on the parameters K-FAC does not precondition.
+    pub others_lr: f64,
+}
+
+impl KfacSettings {
+    /// The defaults for `kind` (`kfac`: eigen; `cgfac`: CG on the factors).
+    pub fn defaults(kind: OptimizerKind) -> Self {
+        let d = KfacConfig::default();
+        Self {
+            solver: if kind == OptimizerKind::Cgfac {
+                "cg"
+            } else {
+                "eigen"
+            }
+            .into(),
+            damping: d.damping,
+            k_fac: d.k_fac,
+            k_inv: d.k_inv,
+            fisher: "mc".into(),
+            kl_clip: d.kl_clip.unwrap_or(0.0),
+            cg_tol: d.cg_tol,
+            cg_max_iters: d.cg_max_iters,
+            others_lr: 1e-3,
+        }
+    }
+
+    /// The crate's configuration for these settings; unknown names are errors naming the flag.
+    pub fn to_config(&self, config: &TrainConfig) -> Result<KfacConfig> {
+        let solver = match self.solver.as_str() {
+            "eigen" => Solver::Eigen,
+            "inverse" => Solver::Inverse,
+            "cg" => Solver::CgFactor,
+            "cg-matrix-free" => Solver::CgMatrixFree,
+            other => {
+                return Err(TrainError::Config {
+                    flag: "--kfac-solver",
+                    msg: format!("`{other}`: use eigen, inverse, cg or cg-matrix-free"),
+                })
+            }
+        };
+        let fisher_type = match self.fisher.as_str() {
+            "mc" => FisherType::MonteCarlo,
+            "empirical" => FisherType::Empirical,
+            other => {
+                return Err(TrainError::Config {
+                    flag: "--fisher",
+                    msg: format!("`{other}`: use mc or empirical"),
+                })
+            }
+        };
+        let mut c = KfacConfig {
+            solver,
+            damping: self.damping,
+            k_fac: self.k_fac,
+            k_inv: self.k_inv,
+            fisher_type,
+            kl_clip: (self.kl_clip > 0.0).then_some(self.kl_clip),
+            cg_tol: self.cg_tol,
+            cg_max_iters: self.cg_max_iters,
+            lr: config.lr,
+            momentum: config.momentum,
+            weight_decay: 0.0,
+            ..KfacConfig::default()
+        };
+        if solver == Solver::Inverse {
+            c.damping_kind = bmt_kfac::DampingKind::Factored;
+        }
+        c.validate().map_err(|e| TrainError::Config {
+            flag: "--damping",
+            msg: e.to_string(),
+        })?;
+        Ok(c)
+    }
+}
+
+/// The K-FAC optimizer of a run and the names of its preconditioned layers.
+pub struct KfacRun {
+    opt: KfacOptimizer,
+    layers: Vec<String>,
+}
 
 impl KfacRun {
-    /// Named state.
+    /// Named state for the checkpoint.
     pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
-        Ok(vec![])
+        Ok(self.opt.state()?)
     }
-    /// Restores state.
-    pub fn load_state(&mut self, _s: &HashMap<String, Tensor>) -> Result<()> {
-        Ok(())
+
+    /// Restores [`KfacRun::state`].
+    pub fn load_state(&mut self, s: &HashMap<String, Tensor>) -> Result<()> {
+        Ok(self.opt.load_state(s)?)
+    }
+
+    /// Whether the coming step refreshes the factors (then the layers must record).
+    pub fn needs_curvature(&self) -> bool {
+        self.opt.needs_curvature()
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> &KfacOptimizer {
+        &self.opt
     }
 }
 
-/// Builds the K-FAC optimizer.
-pub fn build(_config: &TrainConfig, _model: &Vit, _adamw: AdamWConfig) -> Result<KfacRun> {
-    Err(TrainError::Config {
-        flag: "--optimizer",
-        msg: "kfac and cgfac are not wired in yet".into(),
+/// Builds K-FAC (`--optimizer kfac`) or CG-FAC (`--optimizer cgfac`) for `model`.
+pub fn build(config: &TrainConfig, model: &Vit, adamw: AdamWConfig) -> Result<KfacRun> {
+    let settings = config
+        .kfac
+        .clone()
+        .unwrap_or_else(|| KfacSettings::defaults(config.optimizer));
+    let cfg = settings.to_config(config)?;
+    let pre: Vec<PreconditionedLayer> = model
+        .attention_and_mlp_layers()
+        .into_iter()
+        .map(PreconditionedLayer::from_tracked)
+        .collect();
+    let names: Vec<String> = pre.iter().map(|l| l.name.clone()).collect();
+    let others = NamedParams::new(
+        model
+            .parameters()
+            .iter()
+            .filter(|(k, _)| {
+                let prefix = k.rsplit_once('.').map_or(k.as_str(), |(p, _)| p);
+                !names.iter().any(|n| n == prefix)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    );
+    let adamw = AdamWConfig {
+        lr: settings.others_lr,
+        ..adamw
+    };
+    Ok(KfacRun {
+        opt: KfacOptimizer::new(pre, others, cfg, adamw)?,
+        layers: names,
     })
 }
 
-/// One K-FAC step.
+fn captures(model: &Vit, layers: &[String], grads: &GradStore) -> Result<Vec<LayerCapture>> {
+    let mut out = Vec::with_capacity(layers.len());
+    for l in model.attention_and_mlp_layers() {
+        if let Some(c) = l.capture(grads)? {
+            out.push(c);
+        }
+    }
+    debug_assert!(out.is_empty() || out.len() == layers.len());
+    Ok(out)
+}
+
+/// One K-FAC step after the training backward (`grads`). On refresh steps the captures come from
+/// the training backward (empirical Fisher) or from a Monte-Carlo backward.
 pub fn step(
-    _k: &mut KfacRun,
-    _model: &Vit,
-    _logits: &Tensor,
-    _grads: &GradStore,
-    _seed: u64,
-    _step: usize,
+    k: &mut KfacRun,
+    model: &Vit,
+    logits: &Tensor,
+    grads: &GradStore,
+    seed: u64,
+    step: usize,
 ) -> Result<Value> {
-    Err(TrainError::Config {
-        flag: "--optimizer",
-        msg: "kfac and cgfac are not wired in yet".into(),
-    })
+    let curvature = if k.opt.needs_curvature() {
+        match k.opt.fisher_type() {
+            FisherType::Empirical => captures(model, &k.layers, grads)?,
+            FisherType::MonteCarlo => {
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                rng.set_stream(0x4d43_0000_0000 + step as u64);
+                let sampled = bmt_kfac::sample_labels(&logits.detach(), &mut rng)?;
+                let mc_grads = cross_entropy(logits, &sampled)?.backward()?;
+                captures(model, &k.layers, &mc_grads)?
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let stats = k.opt.step(grads, &curvature)?;
+    Ok(stats_json(&stats))
 }
 
-/// Default learning rate of `--optimizer kfac|cgfac`.
-pub const DEFAULT_LR: f64 = 1e-3;
+/// The step statistics as a JSON record.
+pub fn stats_json(s: &KfacStepStats) -> Value {
+    json!({
+        "cg_iterations_mean": s.cg_iterations_mean,
+        "cg_iterations_max": s.cg_iterations_max,
+        "cg_breakdowns": s.cg_breakdowns,
+        "decomposition_failures": s.decomposition_failures,
+        "fallbacks": s.fallbacks,
+        "non_finite_factors": s.non_finite_factors,
+        "kl_scale": s.kl_scale,
+        "damping": s.damping,
+        "refreshed_factors": s.refreshed_factors,
+        "refreshed_inverses": s.refreshed_inverses,
+        "time_factors_s": s.time_factors,
+        "time_solve_s": s.time_solve,
+        "time_update_s": s.time_update,
+    })
+}

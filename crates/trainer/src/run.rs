@@ -65,9 +65,12 @@ impl RunOptimizer {
         })
     }
 
-    /// Whether a step needs the tracked layers' captures.
+    /// Whether the coming step needs the tracked layers' captures.
     pub fn needs_captures(&self) -> bool {
-        matches!(self, Self::Kfac(_))
+        match self {
+            Self::FirstOrder(_) => false,
+            Self::Kfac(k) => k.needs_curvature(),
+        }
     }
 
     /// Named optimizer state for the checkpoint.

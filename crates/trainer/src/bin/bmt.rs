@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use bmt_trainer::config::{OptimizerKind, TrainConfig};
 use bmt_trainer::data::DataSource;
+use bmt_trainer::kfac::KfacSettings;
 use bmt_trainer::run::{read_config, run, RunOptions};
 use clap::{Args, Parser, Subcommand};
 
@@ -75,6 +76,30 @@ struct TrainArgs {
     /// The --init file stores linear weights (in, out), as `x·W` frameworks do (e.g. the peer fixture).
     #[arg(long, requires = "init")]
     init_in_out: bool,
+    /// K-FAC solver: eigen, inverse, cg (CG-FAC on the factors) or cg-matrix-free (kfac/cgfac only).
+    #[arg(long)]
+    kfac_solver: Option<String>,
+    /// K-FAC Tikhonov damping λ (kfac/cgfac only).
+    #[arg(long)]
+    damping: Option<f64>,
+    /// Fisher type: mc (Monte-Carlo labels, the default) or empirical (kfac/cgfac only).
+    #[arg(long)]
+    fisher: Option<String>,
+    /// Factor refresh period in steps (kfac/cgfac only).
+    #[arg(long)]
+    k_fac: Option<u64>,
+    /// Eigenbasis / inverse refresh period in steps (kfac/cgfac only).
+    #[arg(long)]
+    k_inv: Option<u64>,
+    /// KL-clipping constant, 0 to disable (kfac/cgfac only).
+    #[arg(long)]
+    kl_clip: Option<f64>,
+    /// CG tolerance on the relative squared residual (kfac/cgfac only).
+    #[arg(long)]
+    cg_tol: Option<f64>,
+    /// CG iteration cap (kfac/cgfac only).
+    #[arg(long)]
+    cg_max_iters: Option<usize>,
     /// A step record goes to metrics.jsonl every this many steps (0: none).
     #[arg(long, default_value_t = 5)]
     log_every: usize,
@@ -131,6 +156,49 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         DataSource::Digits => 2,
         _ => 4,
     });
+    let kfac_flags = [
+        ("--kfac-solver", a.kfac_solver.is_some()),
+        ("--damping", a.damping.is_some()),
+        ("--fisher", a.fisher.is_some()),
+        ("--k-fac", a.k_fac.is_some()),
+        ("--k-inv", a.k_inv.is_some()),
+        ("--kl-clip", a.kl_clip.is_some()),
+        ("--cg-tol", a.cg_tol.is_some()),
+        ("--cg-max-iters", a.cg_max_iters.is_some()),
+    ];
+    if matches!(a.optimizer, OptimizerKind::Kfac | OptimizerKind::Cgfac) {
+        let mut k = KfacSettings::defaults(a.optimizer);
+        if let Some(v) = a.kfac_solver {
+            k.solver = v;
+        }
+        if let Some(v) = a.damping {
+            k.damping = v;
+        }
+        if let Some(v) = a.fisher {
+            k.fisher = v;
+        }
+        if let Some(v) = a.k_fac {
+            k.k_fac = v;
+        }
+        if let Some(v) = a.k_inv {
+            k.k_inv = v;
+        }
+        if let Some(v) = a.kl_clip {
+            k.kl_clip = v;
+        }
+        if let Some(v) = a.cg_tol {
+            k.cg_tol = v;
+        }
+        if let Some(v) = a.cg_max_iters {
+            k.cg_max_iters = v;
+        }
+        config.kfac = Some(k);
+    } else if let Some((flag, _)) = kfac_flags.iter().find(|(_, given)| *given) {
+        anyhow::bail!(
+            "invalid {flag}: it applies only to --optimizer kfac or cgfac, not {}",
+            a.optimizer
+        );
+    }
     let out = a.out.unwrap_or_else(|| {
         let data = match source {
             DataSource::Digits => "digits",
