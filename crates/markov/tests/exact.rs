@@ -1,4 +1,5 @@
 //! Exact cases of MATH.md §2 and dense references.
+#![allow(clippy::needless_range_loop)]
 
 use bmt_markov::{
     causal_mask, AttentionKernels, KernelView, MarkovError, MetricsOptions, SinkhornOptions,

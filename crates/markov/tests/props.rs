@@ -1,4 +1,5 @@
 //! Invariants on random score matrices (64 cases each).
+#![allow(clippy::needless_range_loop)]
 
 use bmt_markov::{
     AttentionKernels, KernelView, MarkovError, MetricsOptions, SinkhornOptions, StationaryMethod,
