@@ -12,6 +12,20 @@
 //! [`parse_cifar10_batch`], [`split_text`]) so that property tests and the cargo-fuzz targets in
 //! `fuzz/` can drive them directly. Every failure is a [`DataError`] whose one-line message names
 //! the file, the byte offset, what was expected against what was found, and what to do.
+//!
+//! ```
+//! use bmt_trainer::data::{load_digits, DataSource, Dataset};
+//! use candle_core::Device;
+//!
+//! let source: DataSource = "digits".parse()?;
+//! assert_eq!(source, DataSource::Digits);
+//! let split = load_digits(42)?;
+//! assert_eq!((split.train.len(), split.test.len()), (1437, 360));
+//! let batch = split.train.batch(&[0, 5, 9], &Device::Cpu)?;
+//! assert_eq!(batch.inputs.dims(), &[3, 1, 8, 8]);
+//! assert_eq!(batch.targets.dims(), &[3]);
+//! # Ok::<(), bmt_trainer::data::DataError>(())
+//! ```
 
 mod cifar;
 mod digits;

@@ -49,7 +49,12 @@ impl TextSet {
     pub fn from_bytes(bytes: Vec<u8>, context: usize) -> Result<Self, DataError> {
         check_context(context)?;
         let n = bytes.len();
-        Ok(Self::from_blocks(&bytes, &[0..n], context))
+        let whole: Range<usize> = 0..n;
+        Ok(Self::from_blocks(
+            &bytes,
+            std::slice::from_ref(&whole),
+            context,
+        ))
     }
 
     /// Gathers `blocks` (ranges of `source`, each at least `context + 1` long) into a set.
