@@ -16,6 +16,24 @@
 //! autograd graph; their `bwd` runs a second fused kernel (a `CustomOp2` over `(x, dy)` for LayerNorm,
 //! over `(y, dy)` for softmax). Row sums are accumulated in `f64` for both `f32` and `f64` inputs.
 //!
+//! # Example
+//!
+//! ```
+//! use bmt_trainer::ops::{layer_norm_normalize, softmax_last_dim};
+//! use candle_core::{Device, Tensor, Var};
+//!
+//! # fn main() -> candle_core::Result<()> {
+//! let x = Var::from_tensor(&Tensor::new(&[[1f32, 2.0, 4.0], [0.0, 0.0, 3.0]], &Device::Cpu)?)?;
+//! let y = layer_norm_normalize(x.as_tensor(), 1e-5)?; // rows: mean 0, ‖y‖² ≈ n
+//! let p = softmax_last_dim(&y)?; // rows sum to 1
+//! let w = Tensor::new(&[[1f32, 0.0, -1.0], [0.5, 0.5, 2.0]], &Device::Cpu)?;
+//! let grads = (p * w)?.sum_all()?.backward()?;
+//! let dx = grads.get(&x).expect("the fused ops are recorded for backprop");
+//! assert_eq!(dx.dims(), &[2, 3]);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Devices and dtypes
 //!
 //! The fused kernels exist for the CPU and `f32`/`f64` only. On any other device (CUDA, Metal) or dtype
