@@ -73,6 +73,7 @@ pub struct Diagnostics {
     worst_radius: Option<(f64, String, usize)>,
     first_epoch: Option<Value>,
     last_epoch: Option<Value>,
+    second_order: Vec<Value>,
     seed: u64,
 }
 
@@ -97,6 +98,7 @@ impl Diagnostics {
             worst_radius: None,
             first_epoch: None,
             last_epoch: None,
+            second_order: Vec::new(),
             seed: config.seed,
         })
     }
@@ -114,9 +116,12 @@ impl Diagnostics {
         &mut self,
         t: &Trainer,
         _b: &Batch,
-        _o: &StepOutcome,
+        o: &StepOutcome,
         _m: &mut MetricsFile,
     ) -> Result<()> {
+        if let Some(so) = &o.second_order {
+            self.second_order.push(so.clone());
+        }
         if self.enabled && t.step % TRAJ_EVERY == 0 {
             self.snapshot(&t.model, t.step)?;
         }
@@ -204,7 +209,9 @@ impl Diagnostics {
         if !self.enabled {
             return Ok(json!({ "enabled": false }));
         }
-        let brownian = self.brownian(&t.model)?;
+        let mut brownian = self.brownian(&t.model)?;
+        let second_order = crate::second_order::summarise(&self.second_order);
+        brownian["second_order"] = second_order.clone();
         let path = out.join("brownian.json");
         let text = serde_json::to_string_pretty(&brownian).map_err(|e| TrainError::Json {
             path: path.clone(),
@@ -223,6 +230,7 @@ impl Diagnostics {
             },
             "markov_first_vs_last": markov_first_vs_last(self.first_epoch.as_ref(), self.last_epoch.as_ref()),
             "brownian_file": "brownian.json",
+            "second_order": second_order,
         }))
     }
 
@@ -315,6 +323,7 @@ impl Diagnostics {
             "worst_radius": self.worst_radius.as_ref().map(|(d, l, e)| json!([d, l, e])),
             "first_epoch": self.first_epoch,
             "last_epoch": self.last_epoch,
+            "second_order": self.second_order,
         })
     }
 
@@ -353,6 +362,7 @@ impl Diagnostics {
         };
         self.first_epoch = Some(v["first_epoch"].clone()).filter(|x| !x.is_null());
         self.last_epoch = Some(v["last_epoch"].clone()).filter(|x| !x.is_null());
+        self.second_order = v["second_order"].as_array().cloned().unwrap_or_default();
         Ok(())
     }
 

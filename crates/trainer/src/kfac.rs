@@ -48,6 +48,14 @@ pub struct KfacSettings {
     pub cg_max_iters: usize,
     /// Learning rate of the AdamW on the parameters K-FAC does not precondition.
     pub others_lr: f64,
+    /// Weight sharing over the tokens: `reduce` (the default for the ViT's per-sequence loss,
+    /// exact for deep linear networks in that setting) or `expand` (per-token losses).
+    #[serde(default = "default_sharing")]
+    pub sharing: String,
+}
+
+fn default_sharing() -> String {
+    "reduce".into()
 }
 
 impl KfacSettings {
@@ -69,6 +77,7 @@ impl KfacSettings {
             cg_tol: d.cg_tol,
             cg_max_iters: d.cg_max_iters,
             others_lr: 1e-3,
+            sharing: default_sharing(),
         }
     }
 
@@ -96,7 +105,15 @@ impl KfacSettings {
                 })
             }
         };
+        let weight_sharing = match self.sharing.as_str() {
+            "reduce" => bmt_kfac::WeightSharing::Reduce,
+            "expand" => bmt_kfac::WeightSharing::Expand,
+            other => {
+                return Err(TrainError::Config { flag: "--weight-sharing", msg: format!("`{other}`: use reduce or expand") })
+            }
+        };
         let mut c = KfacConfig {
+            weight_sharing,
             solver,
             damping: self.damping,
             k_fac: self.k_fac,

@@ -17,5 +17,6 @@ pub mod kfac;
 pub mod model;
 pub mod ops;
 pub mod run;
+pub mod second_order;
 
 pub use error::{Result, TrainError};

@@ -100,6 +100,9 @@ pub struct StepOutcome {
     pub correct: usize,
     /// Optimizer statistics (K-FAC: CG iterations, breakdowns, damping, timings), if any.
     pub optimizer: Option<Value>,
+    /// First- and second-order terms of this step's loss change, on measured steps
+    /// ([`crate::second_order`]).
+    pub second_order: Option<Value>,
 }
 
 /// Loss and accuracy over a data set.
@@ -123,24 +126,33 @@ pub struct Trainer {
     pub device: Device,
     /// Steps taken so far.
     pub step: usize,
+    /// Every this many steps the second-order term is measured (0: never). Set from
+    /// `config.diagnostics` ([`SECOND_ORDER_EVERY`]).
+    pub second_order_every: usize,
 }
+
+/// Period, in steps, of the second-order measurement when diagnostics are on.
+pub const SECOND_ORDER_EVERY: usize = 10;
 
 impl Trainer {
     /// A trainer for `model` with the optimizer of `config`.
     pub fn new(config: TrainConfig, model: Vit, device: Device) -> Result<Self> {
         let optimizer = RunOptimizer::new(&config, &model)?;
+        let second_order_every = if config.diagnostics { SECOND_ORDER_EVERY } else { 0 };
         Ok(Self {
             model,
             optimizer,
             config,
             device,
             step: 0,
+            second_order_every,
         })
     }
 
     /// One optimizer step on `batch`. A non-finite loss is an error (nothing is updated).
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepOutcome> {
-        let tracking = self.optimizer.needs_captures();
+        let measure = self.second_order_every > 0 && (self.step + 1) % self.second_order_every == 0;
+        let tracking = self.optimizer.needs_captures() || measure;
         if tracking {
             self.model.set_tracking(true);
         }
@@ -158,6 +170,11 @@ impl Trainer {
             });
         }
         let grads = loss.backward()?;
+        let before = if measure {
+            Some(crate::second_order::Before::record(&self.model, &grads, loss_value)?)
+        } else {
+            None
+        };
         let optimizer = match &mut self.optimizer {
             RunOptimizer::FirstOrder(o) => {
                 o.step(&grads)?;
@@ -178,11 +195,16 @@ impl Trainer {
         if tracking {
             self.model.set_tracking(false);
         }
+        let second_order = match before {
+            Some(b) => Some(b.finish(&self.model, batch)?),
+            None => None,
+        };
         self.step += 1;
         Ok(StepOutcome {
             loss: loss_value,
             correct,
             optimizer,
+            second_order,
         })
     }
 
@@ -518,6 +540,11 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             loss_sum += outcome.loss;
             correct += outcome.correct;
             diagnostics.on_step(&trainer, &batch, &outcome, &mut metrics)?;
+            if let Some(so) = &outcome.second_order {
+                metrics.write(&json!({
+                    "kind": "second_order", "epoch": epoch + 1, "step": trainer.step, "second_order": so,
+                }))?;
+            }
             if config.log_every > 0 && trainer.step % config.log_every == 0 {
                 let mut rec = json!({
                     "kind": "step", "epoch": epoch + 1, "step": trainer.step, "loss": outcome.loss,

@@ -79,6 +79,9 @@ struct TrainArgs {
     /// K-FAC solver: eigen, inverse, cg (CG-FAC on the factors) or cg-matrix-free (kfac/cgfac only).
     #[arg(long)]
     kfac_solver: Option<String>,
+    /// K-FAC weight sharing over tokens: reduce (default) or expand (kfac/cgfac only).
+    #[arg(long)]
+    weight_sharing: Option<String>,
     /// K-FAC Tikhonov damping λ (kfac/cgfac only).
     #[arg(long)]
     damping: Option<f64>,
@@ -159,6 +162,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     let kfac_flags = [
         ("--kfac-solver", a.kfac_solver.is_some()),
         ("--damping", a.damping.is_some()),
+        ("--weight-sharing", a.weight_sharing.is_some()),
         ("--fisher", a.fisher.is_some()),
         ("--k-fac", a.k_fac.is_some()),
         ("--k-inv", a.k_inv.is_some()),
@@ -173,6 +177,9 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         }
         if let Some(v) = a.damping {
             k.damping = v;
+        }
+        if let Some(v) = a.weight_sharing {
+            k.sharing = v;
         }
         if let Some(v) = a.fisher {
             k.fisher = v;
