@@ -149,6 +149,11 @@ fn check_claims_logged(dir: &Path) {
     let brownian: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("brownian.json")).unwrap()).unwrap();
     let depth = &brownian["clock_depth"]["report"];
     assert!(depth["alpha"].is_number() && depth["alpha_ci"].is_array(), "{depth}");
+    // The second-order term is measured every 10 steps for all 24 attention and MLP layers.
+    let so = &brownian["second_order"];
+    assert_eq!(so["steps_measured"], 13, "{so}");
+    assert_eq!(so["layers"].as_object().unwrap().len(), 24);
+    assert!(so["median_second_over_first"].as_f64().unwrap() > 0.0, "{so}");
     for (name, r) in brownian["clock_training"]["layers"].as_object().unwrap() {
         assert!(r["alpha"].is_number() && r["diffusion"].is_number(), "{name}: {r}");
     }
