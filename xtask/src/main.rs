@@ -28,9 +28,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the benchmarks (`cargo bench` of every crate), in one sitting.
+    /// Benchmark W1 (AdamW, K-FAC, CG-FAC, CG-FAC matrix-free), the GEMM ceiling and the fused ops
+    /// in one process and one sitting: `cargo xtask bench [--json FILE] [--quick] [--threads N]`
+    /// (see `cargo xtask bench --help`). Run it on an otherwise idle machine.
+    #[command(disable_help_flag = true)]
     Bench {
-        /// Arguments forwarded to each benchmark binary.
+        /// Arguments for the trainer's `bench` binary.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -64,7 +67,8 @@ fn main() -> ExitCode {
         }
         Task::Bench { args } => {
             let mut cmd = cargo();
-            cmd.args(["bench", "--workspace", "--"]).args(args);
+            cmd.args(["run", "--release", "--quiet", "-p", "bmt-trainer", "--bin", "bench", "--"]);
+            cmd.args(args);
             status(cmd)
         }
     }

@@ -1,0 +1,899 @@
+//! `bench`: W1 throughput of every optimizer in one process and one sitting (`cargo xtask bench`).
+//!
+//! For W1-adamw, W1-kfac (eigen), W1-cgfac (CG on the factors) and W1-cgfac matrix-free it trains a
+//! freshly seeded W1 model on the embedded digits (batch 64) for `--warmup` untimed and `--steps`
+//! timed steps, timing every phase of every step itself (forward + loss, backward, preconditioning,
+//! update, diagnostics); it measures candle's matmul at the shapes the model uses and at 1024³ (the
+//! machine's ceiling), and the fused against the composite LayerNorm/softmax at W1's shapes. It prints
+//! Markdown tables and, with `--json FILE`, writes the same numbers.
+//!
+//! Timings mean something only on an otherwise idle machine (`docs/CANDLE-NOTES.md`, Threads).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use bmt_trainer::config::{OptimizerKind, TrainConfig};
+use bmt_trainer::data::{Batch, Dataset, ImageSet, Split};
+use bmt_trainer::diag::Diagnostics;
+use bmt_trainer::kfac::{KfacSettings, DEFAULT_LR};
+use bmt_trainer::model::{correct_predictions, cross_entropy, Vit, VitConfig};
+use bmt_trainer::ops::{
+    layer_norm_normalize, layer_norm_normalize_composite, softmax_last_dim,
+    softmax_last_dim_composite,
+};
+use bmt_trainer::run::{
+    epoch_batches, fit_model_to_data, load_data, peak_memory_mib, MetricsFile, RunOptimizer,
+    StepOutcome, Trainer,
+};
+use candle_core::{DType, Device, Tensor, Var};
+use clap::Parser;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    about = "W1 throughput (AdamW, K-FAC, CG-FAC, CG-FAC matrix-free), GEMM ceiling, fused ops"
+)]
+struct Args {
+    /// Also write every number as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Smoke test: 2 warm-up + 10 timed steps and short GEMM runs (timings are not meaningful).
+    #[arg(long)]
+    quick: bool,
+    /// CPU threads for candle's kernels (set before any tensor work).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Untimed warm-up steps per workload (default 10, 2 with --quick).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Timed steps per workload (default 100, 10 with --quick).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Run only these workloads, in this order (repeatable: W1-adamw, W1-kfac, W1-cgfac,
+    /// W1-cgfac-mf); default: all four.
+    #[arg(long)]
+    only: Vec<String>,
+}
+
+/// One W1 variant.
+struct Workload {
+    name: &'static str,
+    optimizer: OptimizerKind,
+    solver: Option<&'static str>,
+}
+
+const WORKLOADS: [Workload; 4] = [
+    Workload {
+        name: "W1-adamw",
+        optimizer: OptimizerKind::Adamw,
+        solver: None,
+    },
+    Workload {
+        name: "W1-kfac",
+        optimizer: OptimizerKind::Kfac,
+        solver: Some("eigen"),
+    },
+    Workload {
+        name: "W1-cgfac",
+        optimizer: OptimizerKind::Cgfac,
+        solver: Some("cg"),
+    },
+    Workload {
+        name: "W1-cgfac-mf",
+        optimizer: OptimizerKind::Cgfac,
+        solver: Some("cg-matrix-free"),
+    },
+];
+
+/// Seconds per phase, summed over the timed steps.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Phases {
+    /// `model.forward`, cross-entropy, the loss as a scalar and the correct count.
+    forward: f64,
+    /// `loss.backward()`.
+    backward: f64,
+    /// K-FAC: everything in the optimizer call except the update (Monte-Carlo backward on refresh
+    /// steps, factors, decompositions, solves, KL clipping). AdamW: 0.
+    precondition: f64,
+    /// The parameter update (K-FAC: its `time_update_s`; AdamW: the whole `step`).
+    update: f64,
+    /// Per-step diagnostics (the second-order measurement every 10 steps, `Diagnostics::on_step`)
+    /// plus one `Diagnostics::on_epoch` amortised over an epoch's steps.
+    diagnostics: f64,
+}
+
+impl Phases {
+    fn train(&self) -> f64 {
+        self.forward + self.backward + self.precondition + self.update
+    }
+    fn total(&self) -> f64 {
+        self.train() + self.diagnostics
+    }
+    fn add(&mut self, o: &Phases) {
+        self.forward += o.forward;
+        self.backward += o.backward;
+        self.precondition += o.precondition;
+        self.update += o.update;
+        self.diagnostics += o.diagnostics;
+    }
+}
+
+/// K-FAC's own breakdown of the preconditioning, seconds summed over the timed steps.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct KfacBreakdown {
+    /// Monte-Carlo label sampling, the extra backward and the captures (refresh steps), i.e. the
+    /// optimizer call minus K-FAC's factors, solve and update times.
+    curvature_backward_s: f64,
+    /// K-FAC's `time_factors_s`.
+    factors_s: f64,
+    /// K-FAC's `time_solve_s` (decompositions or CG, solves, KL clipping).
+    solve_s: f64,
+    /// Timed steps that refreshed the factors.
+    factor_refresh_steps: usize,
+    /// Timed steps that recomputed eigenbases / inverses.
+    inverse_refresh_steps: usize,
+    /// Mean CG iterations over the timed steps that ran CG.
+    cg_iterations_mean: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct WorkloadResult {
+    name: String,
+    optimizer: String,
+    solver: Option<String>,
+    warmup_steps: usize,
+    timed_steps: usize,
+    batch_size: usize,
+    tokens_per_sample: usize,
+    /// Training steps per second (forward, backward, preconditioning, update; no diagnostics).
+    steps_per_s: f64,
+    /// `steps_per_s · batch · tokens`.
+    tokens_per_s: f64,
+    /// Mean milliseconds of a training step (no diagnostics).
+    ms_per_step: f64,
+    /// Slowest timed training step, milliseconds (K-FAC refresh steps show here).
+    max_ms_per_step: f64,
+    /// Diagnostics milliseconds per step (on_step measured, on_epoch amortised).
+    diagnostics_ms_per_step: f64,
+    /// Seconds per phase, summed over the timed steps.
+    phases_s: Phases,
+    /// Share of each phase in training step + diagnostics.
+    phase_share: Phases,
+    /// One `Diagnostics::on_epoch` call, seconds (amortised over `steps_per_epoch`).
+    on_epoch_s: f64,
+    steps_per_epoch: usize,
+    kfac: Option<KfacBreakdown>,
+    /// Model FLOPs per training step (analytic, `w1_flops_per_step`).
+    model_flops_per_step: f64,
+    /// `model_flops_per_step · steps_per_s / 1e9`.
+    achieved_gflops: f64,
+    /// `achieved_gflops` over the 1024³ GEMM ceiling.
+    ceiling_fraction: f64,
+    /// VmHWM after this workload, MiB (reset before it where the kernel allows, see `peak_reset`).
+    peak_memory_mib: Option<f64>,
+    final_loss: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct GemmResult {
+    name: String,
+    /// `(batch, m, k, n)`: `batch` products of `(m × k) · (k × n)`.
+    shape: [usize; 4],
+    flops: f64,
+    median_ms: f64,
+    gflops: f64,
+    reps: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct OpResult {
+    op: String,
+    shape: Vec<usize>,
+    /// Applications per W1 training step (forward + backward each).
+    per_step: usize,
+    fused_ms: f64,
+    composite_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Report {
+    date_utc: String,
+    machine: String,
+    nproc: usize,
+    threads: usize,
+    quick: bool,
+    candle: &'static str,
+    /// Whether VmHWM could be reset before each workload (`/proc/self/clear_refs`).
+    peak_reset: bool,
+    gemm: Vec<GemmResult>,
+    gemm_ceiling_gflops: f64,
+    workloads: Vec<WorkloadResult>,
+    fused_vs_composite_ops: Vec<OpResult>,
+    fused_vs_composite_step: &'static str,
+    w2: &'static str,
+    /// VmHWM before the first workload (data, GEMM and op benchmarks), MiB.
+    setup_peak_memory_mib: Option<f64>,
+    wall_s: f64,
+}
+
+const W2_NOTE: &str =
+    "W2 (byte-level GPT) is not benchmarked: the GPT model is not implemented in this codebase yet.";
+const STEP_SWITCH_NOTE: &str = "not measured per W1 step: the model calls the fused \
+    ops::layer_norm_normalize and ops::softmax_last_dim unconditionally, so switching needs a model \
+    change; the op-level numbers at W1's shapes are below.";
+
+/// Model FLOPs of one training step of the ViT, counted analytically (2·m·n·k per matmul).
+///
+/// With B = batch, T = tokens (patches + CLS), N_p = patches, d = width, H = heads, d_h = d/H,
+/// m = MLP width, c = classes, p = patch side, C = channels:
+///
+/// forward = 2·(B·N_p)·(C·p²)·d                         patch embedding
+///         + depth · [ 4 · 2·(B·T)·d·d                   Q, K, V, O
+///                   + 2 · 2·(B·H)·T·T·d_h               QKᵀ and attention·V
+///                   + 2·(B·T)·d·m + 2·(B·T)·m·d ]       FC₁, FC₂
+///         + 2·B·d·c                                     head (CLS token only)
+/// step    = 3 · forward   (the backward costs two matmuls per forward matmul: input and weight
+///                          gradients)
+///
+/// Elementwise work (bias, LayerNorm, softmax, GELU, residuals, loss) and the optimizer are not
+/// counted; the input gradient of the patch embedding, which is not needed, is counted by the 3×
+/// convention. W1 (B = 64, T = 17, d = 64, H = 4, m = 128): forward 304.8 MFLOP, step 914.4 MFLOP.
+fn vit_flops_per_step(c: &VitConfig, batch: usize) -> f64 {
+    let (b, t, d, h, m) = (
+        batch as f64,
+        c.tokens() as f64,
+        c.dim as f64,
+        c.heads as f64,
+        c.mlp_dim as f64,
+    );
+    let np = (c.tokens() - 1) as f64;
+    let dh = c.head_dim() as f64;
+    let patch = 2.0 * (b * np) * c.patch_dim() as f64 * d;
+    let block = 4.0 * 2.0 * (b * t) * d * d
+        + 2.0 * 2.0 * (b * h) * t * t * dh
+        + 2.0 * (b * t) * d * m
+        + 2.0 * (b * t) * m * d;
+    let head = 2.0 * b * d * c.classes as f64;
+    3.0 * (patch + c.depth as f64 * block + head)
+}
+
+/// Resets the process's VmHWM to its current RSS (Linux ≥ 4.0: `5` into `/proc/self/clear_refs`).
+fn reset_peak_memory() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn machine() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Today's UTC date `YYYY-MM-DD` from the system clock (days → civil date, proleptic Gregorian).
+fn date_utc() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Median milliseconds of `f`, after one warm-up call, repeated until `min_s` seconds and at least
+/// `min_reps` runs.
+fn time_ms(
+    min_s: f64,
+    min_reps: usize,
+    mut f: impl FnMut() -> candle_core::Result<()>,
+) -> Result<(f64, usize)> {
+    f()?;
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < min_reps || start.elapsed().as_secs_f64() < min_s {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let n = times.len();
+    Ok((median(times), n))
+}
+
+/// candle matmul at W1's shapes (activations `(B·T) × in` times a weight `(out, in)` transposed, as
+/// `TrackedLinear` does; the per-head attention products) and at 1024³.
+fn bench_gemm(c: &VitConfig, batch: usize, min_s: f64, device: &Device) -> Result<Vec<GemmResult>> {
+    let rows = batch * c.tokens();
+    let bh = batch * c.heads;
+    let (t, dh) = (c.tokens(), c.head_dim());
+    // (name, batch, m, k, n, weight layout (n, k) transposed)
+    let cases: Vec<(String, usize, usize, usize, usize, bool)> = vec![
+        (
+            format!("Q/K/V/O: ({rows}×{0})·Wᵀ", c.dim),
+            1,
+            rows,
+            c.dim,
+            c.dim,
+            true,
+        ),
+        (
+            format!("FC₁: ({rows}×{0})·Wᵀ", c.dim),
+            1,
+            rows,
+            c.dim,
+            c.mlp_dim,
+            true,
+        ),
+        (
+            format!("FC₂: ({rows}×{0})·Wᵀ", c.mlp_dim),
+            1,
+            rows,
+            c.mlp_dim,
+            c.dim,
+            true,
+        ),
+        (
+            format!("QKᵀ: {bh}×({t}×{dh})·({dh}×{t})"),
+            bh,
+            t,
+            dh,
+            t,
+            false,
+        ),
+        ("ceiling: 1024³".into(), 1, 1024, 1024, 1024, false),
+    ];
+    let mut out = Vec::new();
+    for (name, nb, m, k, n, weight_layout) in cases {
+        let (a, b) = if nb == 1 {
+            let a = Tensor::randn(0f32, 1.0, (m, k), device)?;
+            let b = if weight_layout {
+                Tensor::randn(0f32, 1.0, (n, k), device)?.t()?
+            } else {
+                Tensor::randn(0f32, 1.0, (k, n), device)?
+            };
+            (a, b)
+        } else {
+            (
+                Tensor::randn(0f32, 1.0, (nb, m, k), device)?,
+                Tensor::randn(0f32, 1.0, (nb, k, n), device)?,
+            )
+        };
+        let (ms, reps) = time_ms(min_s, 5, || {
+            std::hint::black_box(a.matmul(&b)?);
+            Ok(())
+        })?;
+        let flops = 2.0 * (nb * m * k * n) as f64;
+        out.push(GemmResult {
+            name,
+            shape: [nb, m, k, n],
+            flops,
+            median_ms: ms,
+            gflops: flops / (ms * 1e-3) / 1e9,
+            reps,
+        });
+    }
+    Ok(out)
+}
+
+/// Fused against composite LayerNorm (normalisation) and softmax, forward + backward, at W1's
+/// activation `(B, T, d)` and score `(B, H, T, T)` shapes.
+fn bench_ops(c: &VitConfig, batch: usize, min_s: f64, device: &Device) -> Result<Vec<OpResult>> {
+    type Op = fn(&Tensor) -> candle_core::Result<Tensor>;
+    fn ln_fused(x: &Tensor) -> candle_core::Result<Tensor> {
+        layer_norm_normalize(x, 1e-5)
+    }
+    fn ln_comp(x: &Tensor) -> candle_core::Result<Tensor> {
+        layer_norm_normalize_composite(x, 1e-5)
+    }
+    let t = c.tokens();
+    let cases: [(&str, Vec<usize>, usize, Op, Op); 2] = [
+        (
+            "LayerNorm",
+            vec![batch, t, c.dim],
+            2 * c.depth + 1,
+            ln_fused,
+            ln_comp,
+        ),
+        (
+            "softmax",
+            vec![batch, c.heads, t, t],
+            c.depth,
+            softmax_last_dim,
+            softmax_last_dim_composite,
+        ),
+    ];
+    let mut out = Vec::new();
+    for (op, shape, per_step, fused, composite) in cases {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, shape.as_slice(), device)?)?;
+        // A fixed random cotangent, so that the backward is not the trivial all-ones seed.
+        let w = Tensor::randn(0f32, 1.0, shape.as_slice(), device)?;
+        let run = |f: Op| {
+            time_ms(min_s, 5, || {
+                let y = f(x.as_tensor())?;
+                let g = (y * &w)?.sum_all()?.backward()?;
+                std::hint::black_box(g.get(&x));
+                Ok(())
+            })
+        };
+        let (fused_ms, _) = run(fused)?;
+        let (composite_ms, _) = run(composite)?;
+        out.push(OpResult {
+            op: op.into(),
+            shape,
+            per_step,
+            fused_ms,
+            composite_ms,
+        });
+    }
+    Ok(out)
+}
+
+/// The configuration of `w`: W1, with bmt's defaults for the optimizer's learning rate.
+fn workload_config(w: &Workload, threads: usize) -> TrainConfig {
+    let mut config = TrainConfig::w1();
+    config.optimizer = w.optimizer;
+    config.threads = threads;
+    if let Some(solver) = w.solver {
+        config.lr = DEFAULT_LR;
+        let mut k = KfacSettings::defaults(w.optimizer);
+        k.solver = solver.into();
+        config.kfac = Some(k);
+    }
+    config
+}
+
+/// Per-step timings of one training step, the same work as `Trainer::train_step`.
+struct StepTiming {
+    phases: Phases,
+    kfac: Option<(KfacBreakdown, bool)>,
+    outcome: StepOutcome,
+}
+
+fn stat(v: &Value, key: &str) -> f64 {
+    v.get(key).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+/// Mirrors `Trainer::train_step` (keep in step with it), timing each phase; the second-order
+/// measurement it makes every `second_order_every` steps counts as diagnostics.
+fn timed_step(tr: &mut Trainer, batch: &Batch) -> Result<StepTiming> {
+    let measure = tr.second_order_every > 0 && (tr.step + 1) % tr.second_order_every == 0;
+    let tracking = tr.optimizer.needs_captures() || measure;
+    if tracking {
+        tr.model.set_tracking(true);
+    }
+    let t0 = Instant::now();
+    let logits = tr.model.forward(&batch.inputs)?;
+    let loss = cross_entropy(&logits, &batch.targets)?;
+    let loss_value = loss.to_scalar::<f32>()? as f64;
+    let correct = correct_predictions(&logits, &batch.targets)?;
+    let forward = t0.elapsed().as_secs_f64();
+    if !loss_value.is_finite() {
+        tr.model.set_tracking(false);
+        bail!("step {}: the training loss is {loss_value}", tr.step + 1);
+    }
+    let t1 = Instant::now();
+    let grads = loss.backward()?;
+    let backward = t1.elapsed().as_secs_f64();
+    let tb = Instant::now();
+    let before = if measure {
+        Some(bmt_trainer::second_order::Before::record(
+            &tr.model, &grads, loss_value,
+        )?)
+    } else {
+        None
+    };
+    let mut diagnostics = tb.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let (precondition, update, kfac, stats) = match &mut tr.optimizer {
+        RunOptimizer::FirstOrder(o) => {
+            o.step(&grads)?;
+            (0.0, t2.elapsed().as_secs_f64(), None, None)
+        }
+        RunOptimizer::Kfac(k) => {
+            let s =
+                bmt_trainer::kfac::step(k, &tr.model, &logits, &grads, tr.config.seed, tr.step)?;
+            let total = t2.elapsed().as_secs_f64();
+            let (fac, sol, upd) = (
+                stat(&s, "time_factors_s"),
+                stat(&s, "time_solve_s"),
+                stat(&s, "time_update_s"),
+            );
+            let b = KfacBreakdown {
+                curvature_backward_s: (total - fac - sol - upd).max(0.0),
+                factors_s: fac,
+                solve_s: sol,
+                factor_refresh_steps: usize::from(stat(&s, "refreshed_factors") > 0.0),
+                inverse_refresh_steps: usize::from(stat(&s, "refreshed_inverses") > 0.0),
+                cg_iterations_mean: stat(&s, "cg_iterations_mean"),
+            };
+            let ran_cg = b.cg_iterations_mean > 0.0;
+            ((total - upd).max(0.0), upd, Some((b, ran_cg)), Some(s))
+        }
+    };
+    if tracking {
+        tr.model.set_tracking(false);
+    }
+    let ta = Instant::now();
+    let second_order = match before {
+        Some(b) => Some(b.finish(&tr.model, batch)?),
+        None => None,
+    };
+    diagnostics += ta.elapsed().as_secs_f64();
+    tr.step += 1;
+    Ok(StepTiming {
+        phases: Phases {
+            forward,
+            backward,
+            precondition,
+            update,
+            diagnostics,
+        },
+        kfac,
+        outcome: StepOutcome {
+            loss: loss_value,
+            correct,
+            optimizer: stats,
+            second_order,
+        },
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bench_workload(
+    w: &Workload,
+    data: &Split<ImageSet>,
+    device: &Device,
+    threads: usize,
+    warmup: usize,
+    steps: usize,
+    ceiling: f64,
+    scratch: &std::path::Path,
+) -> Result<WorkloadResult> {
+    let mut config = workload_config(w, threads);
+    let patch = config.model.patch;
+    fit_model_to_data(&mut config, &data.train, Some(patch));
+    config.validate()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let model = Vit::init(config.model.clone(), &mut rng, DType::F32, device)?;
+    let mut tr = Trainer::new(config.clone(), model, device.clone())?;
+    let mut diagnostics = Diagnostics::new(&config, &data.test, device)?;
+    let metrics_path = scratch.join(format!("{}.jsonl", w.name));
+    let mut metrics = MetricsFile::open(&metrics_path)?;
+    diagnostics.on_start(&tr.model, &mut metrics)?;
+
+    let n = data.train.len();
+    let spe = n / config.batch_size;
+    if spe == 0 {
+        bail!(
+            "the batch size {} exceeds the training set",
+            config.batch_size
+        );
+    }
+    let mut sum = Phases::default();
+    let mut kb = KfacBreakdown::default();
+    let mut cg_steps = 0usize;
+    let mut max_step = 0.0f64;
+    let mut last_loss = f64::NAN;
+    let mut batches = Vec::new();
+    for i in 0..warmup + steps {
+        if i % spe == 0 {
+            batches = epoch_batches(n, config.batch_size, config.seed, i / spe);
+        }
+        let batch = data.train.batch(&batches[i % spe], device)?;
+        let mut st = timed_step(&mut tr, &batch)?;
+        let td = Instant::now();
+        diagnostics.on_step(&tr, &batch, &st.outcome, &mut metrics)?;
+        st.phases.diagnostics += td.elapsed().as_secs_f64();
+        last_loss = st.outcome.loss;
+        if i < warmup {
+            continue;
+        }
+        sum.add(&st.phases);
+        max_step = max_step.max(st.phases.train());
+        if let Some((b, ran_cg)) = st.kfac {
+            kb.curvature_backward_s += b.curvature_backward_s;
+            kb.factors_s += b.factors_s;
+            kb.solve_s += b.solve_s;
+            kb.factor_refresh_steps += b.factor_refresh_steps;
+            kb.inverse_refresh_steps += b.inverse_refresh_steps;
+            if ran_cg {
+                kb.cg_iterations_mean += b.cg_iterations_mean;
+                cg_steps += 1;
+            }
+        }
+    }
+    // The end-of-epoch diagnostics, once, amortised over an epoch's steps.
+    let te = Instant::now();
+    diagnostics.on_epoch(&tr, 1)?;
+    let on_epoch_s = te.elapsed().as_secs_f64();
+    sum.diagnostics += on_epoch_s * steps as f64 / spe as f64;
+    drop(metrics);
+    let _ = std::fs::remove_file(&metrics_path);
+    if cg_steps > 0 {
+        kb.cg_iterations_mean /= cg_steps as f64;
+    }
+
+    let total = sum.total().max(1e-12);
+    let share = Phases {
+        forward: sum.forward / total,
+        backward: sum.backward / total,
+        precondition: sum.precondition / total,
+        update: sum.update / total,
+        diagnostics: sum.diagnostics / total,
+    };
+    let train = sum.train().max(1e-12);
+    let steps_per_s = steps as f64 / train;
+    let tokens = config.model.tokens();
+    let flops = vit_flops_per_step(&config.model, config.batch_size);
+    let achieved = flops * steps_per_s / 1e9;
+    Ok(WorkloadResult {
+        name: w.name.into(),
+        optimizer: config.optimizer.to_string(),
+        solver: w.solver.map(str::to_string),
+        warmup_steps: warmup,
+        timed_steps: steps,
+        batch_size: config.batch_size,
+        tokens_per_sample: tokens,
+        steps_per_s,
+        tokens_per_s: steps_per_s * (config.batch_size * tokens) as f64,
+        ms_per_step: 1e3 * train / steps as f64,
+        max_ms_per_step: 1e3 * max_step,
+        diagnostics_ms_per_step: 1e3 * sum.diagnostics / steps as f64,
+        phases_s: sum,
+        phase_share: share,
+        on_epoch_s,
+        steps_per_epoch: spe,
+        kfac: w.solver.map(|_| kb),
+        model_flops_per_step: flops,
+        achieved_gflops: achieved,
+        ceiling_fraction: achieved / ceiling,
+        peak_memory_mib: peak_memory_mib(),
+        final_loss: last_loss,
+    })
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+fn opt_mib(m: Option<f64>) -> String {
+    m.map_or_else(|| "n/a".into(), |v| format!("{v:.0}"))
+}
+
+fn print_report(r: &Report) {
+    println!("# brownian-transformer benchmark");
+    println!();
+    println!(
+        "{} UTC · {} · nproc {} · {} candle thread(s) · candle {}{}",
+        r.date_utc,
+        r.machine,
+        r.nproc,
+        r.threads,
+        r.candle,
+        if r.quick {
+            " · **--quick: smoke test, timings not meaningful**"
+        } else {
+            ""
+        }
+    );
+    println!();
+    println!("## GEMM (candle matmul, f32, median)");
+    println!();
+    println!("| product | batch·m·k·n | ms | GFLOP/s | reps |");
+    println!("|---|---|---|---|---|");
+    for g in &r.gemm {
+        println!(
+            "| {} | {}·{}·{}·{} | {:.3} | {:.1} | {} |",
+            g.name, g.shape[0], g.shape[1], g.shape[2], g.shape[3], g.median_ms, g.gflops, g.reps
+        );
+    }
+    println!();
+    println!("## W1 training steps (batch 64, 17 tokens, digits)");
+    println!();
+    println!(
+        "| workload | steps | steps/s | tokens/s | ms/step | max ms | forward | backward | precondition | update | diagnostics | GFLOP/step | GFLOP/s | of ceiling | peak MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for w in &r.workloads {
+        println!(
+            "| {} | {}+{} | {:.2} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {:.3} | {:.2} | {} | {} |",
+            w.name,
+            w.warmup_steps,
+            w.timed_steps,
+            w.steps_per_s,
+            w.tokens_per_s,
+            w.ms_per_step,
+            w.max_ms_per_step,
+            pct(w.phase_share.forward),
+            pct(w.phase_share.backward),
+            pct(w.phase_share.precondition),
+            pct(w.phase_share.update),
+            pct(w.phase_share.diagnostics),
+            w.model_flops_per_step / 1e9,
+            w.achieved_gflops,
+            pct(w.ceiling_fraction),
+            opt_mib(w.peak_memory_mib),
+        );
+    }
+    println!();
+    println!(
+        "steps/s, tokens/s (batch·17/s), ms/step and GFLOP/s are the training step (forward, backward, \
+         preconditioning, update) without diagnostics; the phase shares are of training step + \
+         diagnostics (per-step snapshots measured, one end-of-epoch diagnostics amortised over an \
+         epoch's steps). GFLOP/step is the analytic model count (3 × forward matmuls), so K-FAC's \
+         extra work lowers its GFLOP/s. Ceiling: the 1024³ GEMM, {:.1} GFLOP/s. Peak memory: VmHWM{}.",
+        r.gemm_ceiling_gflops,
+        if r.peak_reset {
+            ", reset before each workload"
+        } else {
+            " of the process so far (could not reset it)"
+        }
+    );
+    println!();
+    println!("## K-FAC preconditioning, ms per timed step");
+    println!();
+    println!("| workload | curvature backward | factors | solve | factor refreshes | inverse refreshes | mean CG iterations |");
+    println!("|---|---|---|---|---|---|---|");
+    for w in &r.workloads {
+        if let Some(k) = &w.kfac {
+            let s = w.timed_steps as f64;
+            println!(
+                "| {} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} |",
+                w.name,
+                1e3 * k.curvature_backward_s / s,
+                1e3 * k.factors_s / s,
+                1e3 * k.solve_s / s,
+                k.factor_refresh_steps,
+                k.inverse_refresh_steps,
+                k.cg_iterations_mean
+            );
+        }
+    }
+    println!();
+    println!("## Fused vs composite LayerNorm / softmax (forward + backward, median)");
+    println!();
+    println!("Per W1 step: {}", r.fused_vs_composite_step);
+    println!();
+    println!("| op | shape | per step | fused ms | composite ms | composite/fused | est. ms/step saved |");
+    println!("|---|---|---|---|---|---|---|");
+    for o in &r.fused_vs_composite_ops {
+        println!(
+            "| {} | {:?} | {} | {:.3} | {:.3} | {:.2}× | {:.2} |",
+            o.op,
+            o.shape,
+            o.per_step,
+            o.fused_ms,
+            o.composite_ms,
+            o.composite_ms / o.fused_ms,
+            (o.composite_ms - o.fused_ms) * o.per_step as f64
+        );
+    }
+    println!();
+    println!("{}", r.w2);
+    println!();
+    println!(
+        "Peak memory before the first workload (data, GEMM, ops) {} MiB; wall {:.1} s.",
+        opt_mib(r.setup_peak_memory_mib),
+        r.wall_s
+    );
+}
+
+fn main() -> std::process::ExitCode {
+    match bench(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(args: Args) -> Result<()> {
+    // Before any tensor work: candle reads the thread count once for its pool.
+    bmt_trainer::device::set_cpu_threads(args.threads)?;
+    let start = Instant::now();
+    let (warmup, steps) = if args.quick {
+        (args.warmup.unwrap_or(2), args.steps.unwrap_or(10))
+    } else {
+        (args.warmup.unwrap_or(10), args.steps.unwrap_or(100))
+    };
+    if steps == 0 {
+        bail!("--steps must be at least 1");
+    }
+    let min_s = if args.quick { 0.05 } else { 1.0 };
+    let device = Device::Cpu;
+    let base = TrainConfig::w1();
+    let data = load_data(&base).context("loading the digits")?;
+
+    eprintln!("GEMM ...");
+    let gemm = bench_gemm(&base.model, base.batch_size, min_s, &device)?;
+    let ceiling = gemm.last().map_or(f64::NAN, |g| g.gflops);
+    eprintln!("fused vs composite ops ...");
+    let ops = bench_ops(&base.model, base.batch_size, min_s, &device)?;
+
+    let scratch = std::env::temp_dir().join(format!("bmt-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let setup_peak_memory_mib = peak_memory_mib();
+    let mut peak_reset = true;
+    let selected: Vec<&Workload> = if args.only.is_empty() {
+        WORKLOADS.iter().collect()
+    } else {
+        args.only
+            .iter()
+            .map(|n| {
+                WORKLOADS
+                    .iter()
+                    .find(|w| w.name.eq_ignore_ascii_case(n))
+                    .with_context(|| {
+                        format!("--only {n}: use W1-adamw, W1-kfac, W1-cgfac or W1-cgfac-mf")
+                    })
+            })
+            .collect::<Result<_>>()?
+    };
+    let mut workloads = Vec::new();
+    for w in selected {
+        eprintln!("{} ({warmup} warm-up + {steps} timed steps) ...", w.name);
+        peak_reset &= reset_peak_memory();
+        workloads.push(bench_workload(
+            w,
+            &data,
+            &device,
+            args.threads,
+            warmup,
+            steps,
+            ceiling,
+            &scratch,
+        )?);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let report = Report {
+        date_utc: date_utc(),
+        machine: machine(),
+        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        threads: args.threads,
+        quick: args.quick,
+        candle: "0.11.1",
+        peak_reset,
+        gemm,
+        gemm_ceiling_gflops: ceiling,
+        workloads,
+        fused_vs_composite_ops: ops,
+        fused_vs_composite_step: STEP_SWITCH_NOTE,
+        w2: W2_NOTE,
+        setup_peak_memory_mib,
+        wall_s: start.elapsed().as_secs_f64(),
+    };
+    print_report(&report);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
