@@ -28,6 +28,19 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the report's experiments (W1 × AdamW, K-FAC, CG-FAC × 3 seeds; finished runs are reused)
+    /// and write `REPORT.md` with its figures (default `docs/report`).
+    Report {
+        /// Smoke test: one seed, two epochs.
+        #[arg(long)]
+        quick: bool,
+        /// Directory of REPORT.md and the figures.
+        #[arg(long)]
+        out: Option<String>,
+        /// Further arguments for the `report` binary (e.g. `--runs DIR`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmark W1 (AdamW, K-FAC, CG-FAC, CG-FAC matrix-free), the GEMM ceiling and the fused ops
     /// in one process and one sitting: `cargo xtask bench [--json FILE] [--quick] [--threads N]`
     /// (see `cargo xtask bench --help`). Run it on an otherwise idle machine.
@@ -58,16 +71,54 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Task::Train { features, args } => {
             let mut cmd = cargo();
-            cmd.args(["run", "--release", "--quiet", "-p", "bmt-trainer", "--bin", "bmt"]);
+            cmd.args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "bmt-trainer",
+                "--bin",
+                "bmt",
+            ]);
             if let Some(f) = features {
                 cmd.args(["--features", &f]);
             }
             cmd.args(["--", "train"]).args(args);
             status(cmd)
         }
+        Task::Report { quick, out, args } => {
+            let mut cmd = cargo();
+            cmd.args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "bmt-trainer",
+                "--bin",
+                "report",
+                "--",
+            ]);
+            if quick {
+                cmd.arg("--quick");
+            }
+            if let Some(o) = out {
+                cmd.args(["--out", &o]);
+            }
+            cmd.args(args);
+            status(cmd)
+        }
         Task::Bench { args } => {
             let mut cmd = cargo();
-            cmd.args(["run", "--release", "--quiet", "-p", "bmt-trainer", "--bin", "bench", "--"]);
+            cmd.args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "bmt-trainer",
+                "--bin",
+                "bench",
+                "--",
+            ]);
             cmd.args(args);
             status(cmd)
         }

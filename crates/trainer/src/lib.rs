@@ -16,6 +16,7 @@ pub mod fixture;
 pub mod kfac;
 pub mod model;
 pub mod ops;
+pub mod report;
 pub mod run;
 pub mod second_order;
 
