@@ -102,6 +102,21 @@ struct Panel {
     /// Text shown in the middle of an empty panel.
     empty_note: Option<String>,
     x_names: Option<Vec<String>>,
+    /// Fixed x range (otherwise the data's, padded).
+    x_range: Option<(f64, f64)>,
+    /// Start the y axis at 0.
+    y_zero: bool,
+    /// Label only integer x ticks (epochs, depths).
+    int_x: bool,
+    legend: Legend,
+}
+
+#[derive(Default, Clone, Copy)]
+enum Legend {
+    #[default]
+    UpperRight,
+    UpperLeft,
+    LowerRight,
 }
 
 fn color(i: usize) -> RGBColor {
@@ -153,7 +168,7 @@ fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     Some((lo - pad, hi + pad))
 }
 
-fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, path: &Path) -> Result<()> {
+fn draw_panel<'a>(area: &DrawingArea<BitMapBackend<'a>, Shift>, p: &Panel, path: &Path) -> Result<()> {
     let tx = |v: f64| if p.log_x { v.log10() } else { v };
     let ty = |v: f64| if p.log_y { v.log10() } else { v };
     let ok = |v: f64, log: bool| v.is_finite() && (!log || v > 0.0);
@@ -168,8 +183,14 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, path: &Pa
                 .collect()
         })
         .collect();
-    let xr = bounds(pts.iter().flatten().map(|p| p.0)).unwrap_or((0.0, 1.0));
-    let yr = bounds(pts.iter().flatten().map(|p| p.1)).unwrap_or((0.0, 1.0));
+    let xr = p
+        .x_range
+        .or_else(|| bounds(pts.iter().flatten().map(|p| p.0)))
+        .unwrap_or((0.0, 1.0));
+    let mut yr = bounds(pts.iter().flatten().map(|p| p.1)).unwrap_or((0.0, 1.0));
+    if p.y_zero {
+        yr = (0.0, yr.1.max(1e-9));
+    }
     let mut chart = ChartBuilder::on(area)
         .caption(&p.title, ("sans-serif", 22))
         .margin(12)
@@ -178,11 +199,25 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, path: &Pa
         .build_cartesian_2d(xr.0..xr.1, yr.0..yr.1)
         .map_err(|e| plot_err(path, e))?;
     let fmt_log = |v: &f64| {
+        // Three significant digits of 10^v.
         let x = 10f64.powf(*v);
         if (0.01..10000.0).contains(&x) {
-            format!("{}", (x * 1000.0).round() / 1000.0)
+            let digits = (2 - x.log10().floor() as i32).max(0) as usize;
+            let s = format!("{x:.digits$}");
+            if s.contains('.') {
+                s.trim_end_matches('0').trim_end_matches('.').to_string()
+            } else {
+                s
+            }
         } else {
-            format!("{x:.0e}")
+            format!("{x:.1e}")
+        }
+    };
+    let fmt_int = |v: &f64| {
+        if (v - v.round()).abs() < 1e-9 {
+            format!("{}", v.round() as i64)
+        } else {
+            String::new()
         }
     };
     let fmt_lin = |v: &f64| {
@@ -214,6 +249,8 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, path: &Pa
         mesh.x_label_formatter(&fmt_name);
     } else if p.log_x {
         mesh.x_label_formatter(&fmt_log);
+    } else if p.int_x {
+        mesh.x_label_formatter(&fmt_int);
     } else {
         mesh.x_label_formatter(&fmt_lin);
     }
@@ -240,16 +277,17 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, path: &Pa
         if let Some(l) = &s.label {
             labelled = true;
             let style = s.style;
-            anno.label(l.as_str()).legend(
-                move |(x, y)| -> DynElement<'static, BitMapBackend<'_>, (i32, i32)> {
+            // The legend draws a solid stroke for dashed series too: the label says so.
+            let text = if style == Style::Dashed {
+                format!("{l} (dashed)")
+            } else {
+                l.clone()
+            };
+            anno.label(text).legend(
+                move |(x, y)| -> DynElement<'static, BitMapBackend<'a>, (i32, i32)> {
                     match style {
                         Style::Points => Circle::new((x + 10, y), 4, c.filled()).into_dyn(),
-                        Style::Dashed => PathElement::new(
-                            vec![(x, y), (x + 7, y), (x + 13, y), (x + 20, y)],
-                            c.stroke_width(2),
-                        )
-                        .into_dyn(),
-                        Style::Line => {
+                        Style::Line | Style::Dashed => {
                             PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
                                 .into_dyn()
                         }
@@ -264,7 +302,11 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, p: &Panel, path: &Pa
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 14))
-            .position(SeriesLabelPosition::UpperRight)
+            .position(match p.legend {
+                Legend::UpperRight => SeriesLabelPosition::UpperRight,
+                Legend::UpperLeft => SeriesLabelPosition::UpperLeft,
+                Legend::LowerRight => SeriesLabelPosition::LowerRight,
+            })
             .draw()
             .map_err(|e| plot_err(path, e))?;
     }
@@ -322,6 +364,7 @@ fn curves(runs: &[RunData], dir: &Path) -> Result<Figure> {
     let mut loss = Panel {
         title: "Loss (mean over seeds)".into(),
         x: "epoch".into(),
+        int_x: true,
         y: "cross-entropy".into(),
         log_y: true,
         ..Default::default()
@@ -329,6 +372,7 @@ fn curves(runs: &[RunData], dir: &Path) -> Result<Figure> {
     let mut acc = Panel {
         title: "Test accuracy (mean over seeds)".into(),
         x: "epoch".into(),
+        int_x: true,
         y: "test accuracy".into(),
         ..Default::default()
     };
@@ -395,11 +439,13 @@ fn accuracy_vs_time(runs: &[RunData], eval: &Evaluation, dir: &Path) -> Result<F
             p.series.push(Series::unlabelled(c, Style::Line, pts));
         }
     }
-    p.series.push(Series::unlabelled(
+    p.series.push(Series::new(
+        format!("target a* = {:.2}", eval.target),
         RGBColor(120, 120, 120),
         Style::Dashed,
         vec![(0.0, eval.target), (t_max, eval.target)],
     ));
+    p.legend = Legend::LowerRight;
     figure(
         dir,
         FIG_TIME,
@@ -420,12 +466,16 @@ fn token_spread(runs: &[RunData], dir: &Path) -> Result<Figure> {
     let mut cos = Panel {
         title: "Mean pairwise cosine of an image's tokens".into(),
         x: "depth (0 = embedding, k = after block k)".into(),
+        int_x: true,
+        legend: Legend::LowerRight,
         y: "mean cosine".into(),
         ..Default::default()
     };
     let mut cl = Panel {
         title: "Mean number of ε-clusters (ε = 0.01) of 17 tokens".into(),
         x: "depth (0 = embedding, k = after block k)".into(),
+        int_x: true,
+        legend: Legend::LowerRight,
         y: "clusters".into(),
         ..Default::default()
     };
@@ -502,6 +552,7 @@ fn radius(runs: &[RunData], dir: &Path) -> Result<Figure> {
     let mut rad = Panel {
         title: "Radius / √n: measured (line) vs predicted √(1+ε/σ²)⁻¹ (dots)".into(),
         x: "epoch".into(),
+        int_x: true,
         y: "mean radius / √n".into(),
         ..Default::default()
     };
@@ -511,7 +562,8 @@ fn radius(runs: &[RunData], dir: &Path) -> Result<Figure> {
             super::claims::SPHERE_SUPPORT
         ),
         x: "epoch".into(),
-        y: "max |r − r̂| / r̂".into(),
+        int_x: true,
+        y: "max |r − r_pred| / r_pred".into(),
         log_y: true,
         ..Default::default()
     };
@@ -584,6 +636,7 @@ fn attention(runs: &[RunData], dir: &Path) -> Result<Figure> {
             let mut p = Panel {
                 title: format!("{oname}: {mname}"),
                 x: "epoch".into(),
+                int_x: true,
                 y: mname.into(),
                 ..Default::default()
             };
@@ -634,6 +687,7 @@ fn msd(runs: &[RunData], dir: &Path) -> Result<Figure> {
         let mut depth = Panel {
             title: format!("{}: depth clock", r.label()),
             x: "lag τ (blocks)".into(),
+            legend: Legend::UpperLeft,
             y: "MSD (geodesic)".into(),
             log_x: true,
             log_y: true,
@@ -642,6 +696,7 @@ fn msd(runs: &[RunData], dir: &Path) -> Result<Figure> {
         let mut train = Panel {
             title: format!("{}: training clock, per LayerNorm", r.label()),
             x: "lag τ (snapshots)".into(),
+            legend: Legend::LowerRight,
             y: "MSD".into(),
             log_x: true,
             log_y: true,
@@ -722,7 +777,9 @@ fn msd(runs: &[RunData], dir: &Path) -> Result<Figure> {
 
 fn second_order(runs: &[RunData], dir: &Path) -> Result<Figure> {
     let measured = runs.iter().any(|r| !r.second_order.is_empty());
+    let groups = by_opt(runs);
     let mut panels = Vec::new();
+    let mut cols = 1;
     if !measured {
         panels.push(Panel {
             title: "second-order / first-order ratio".into(),
@@ -732,16 +789,19 @@ fn second_order(runs: &[RunData], dir: &Path) -> Result<Figure> {
             ..Default::default()
         });
     } else {
-        for (oname, rs) in by_opt(runs) {
-            // Layers grouped by block (`blk0.attn.q` → `blk0`); one panel per optimizer, per-layer
-            // medians over seeds at every measured step.
-            let mut per_layer: BTreeMap<String, BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
-            for r in &rs {
+        // Per optimizer, layer → step → ratios over seeds; layers are `<block>.<kind>`.
+        let mut per: BTreeMap<String, BTreeMap<String, BTreeMap<usize, Vec<f64>>>> =
+            BTreeMap::new();
+        let mut blocks = std::collections::BTreeSet::new();
+        for (oname, rs) in &groups {
+            let m = per.entry(oname.clone()).or_default();
+            for r in rs {
                 for rec in &r.second_order {
                     for (k, (f, s)) in &rec.layers {
                         if f.abs() > 0.0 {
-                            per_layer
-                                .entry(k.clone())
+                            blocks
+                                .insert(k.rsplit_once('.').map_or(k.as_str(), |x| x.0).to_string());
+                            m.entry(k.clone())
                                 .or_default()
                                 .entry(rec.step)
                                 .or_default()
@@ -750,62 +810,72 @@ fn second_order(runs: &[RunData], dir: &Path) -> Result<Figure> {
                     }
                 }
             }
-            let mut p = Panel {
-                title: format!("{oname}: |½⟨ΔW, GΔWA⟩| / |⟨∇W, ΔW⟩| per layer (median over seeds)"),
-                x: "step".into(),
-                y: "ratio".into(),
-                log_y: true,
-                ..Default::default()
-            };
-            if per_layer.is_empty() {
-                p.empty_note = Some("not measured".into());
-            }
-            // Summaries: median ratio of each layer over the run, to label the legend.
-            let med: BTreeMap<String, f64> = rs
-                .first()
-                .map(|r| second_order_ratios(r))
-                .unwrap_or_default();
-            for (i, (layer, steps)) in per_layer.iter().enumerate() {
-                let pts = steps
-                    .iter()
-                    .filter_map(|(s, v)| Some((*s as f64, super::stats::median(v)?)))
-                    .collect();
-                let label = match med.get(layer) {
-                    Some(m) => format!("{layer} ({m:.2})"),
-                    None => layer.clone(),
+        }
+        cols = groups.len().max(1);
+        for block in &blocks {
+            for (oname, rs) in &groups {
+                let mut p = Panel {
+                    title: format!("{oname}, {block}"),
+                    x: "step".into(),
+                    y: "|second| / |first|".into(),
+                    log_y: true,
+                    legend: Legend::LowerRight,
+                    ..Default::default()
                 };
-                p.series
-                    .push(Series::new(label, color(i), Style::Line, pts));
+                let med: BTreeMap<String, f64> = rs
+                    .first()
+                    .map(|r| second_order_ratios(r))
+                    .unwrap_or_default();
+                let layers = per.get(oname.as_str()).cloned().unwrap_or_default();
+                let mut s_range = (usize::MAX, 0usize);
+                for (i, (layer, steps)) in layers
+                    .iter()
+                    .filter(|(k, _)| k.rsplit_once('.').map_or(k.as_str(), |x| x.0) == block)
+                    .enumerate()
+                {
+                    let pts: Vec<(f64, f64)> = steps
+                        .iter()
+                        .filter_map(|(s, v)| Some((*s as f64, super::stats::median(v)?)))
+                        .collect();
+                    for (st, _) in steps {
+                        s_range = (s_range.0.min(*st), s_range.1.max(*st));
+                    }
+                    let short = layer.rsplit_once('.').map_or(layer.as_str(), |x| x.1);
+                    let label = match med.get(layer) {
+                        Some(m) => format!("{short} (median {m:.1e})"),
+                        None => short.to_string(),
+                    };
+                    p.series
+                        .push(Series::new(label, color(i), Style::Line, pts));
+                }
+                if s_range.0 <= s_range.1 {
+                    p.series.push(Series::new(
+                        "support threshold",
+                        RGBColor(0, 0, 0),
+                        Style::Dashed,
+                        vec![
+                            (s_range.0 as f64, super::claims::SECOND_ORDER_SUPPORT),
+                            (s_range.1 as f64, super::claims::SECOND_ORDER_SUPPORT),
+                        ],
+                    ));
+                } else {
+                    p.empty_note = Some("not measured".into());
+                }
+                panels.push(p);
             }
-            let (s0, s1) = per_layer
-                .values()
-                .flat_map(|m| m.keys())
-                .fold((usize::MAX, 0), |(a, b), s| (a.min(*s), b.max(*s)));
-            if s0 <= s1 {
-                p.series.push(Series::new(
-                    "support threshold",
-                    RGBColor(0, 0, 0),
-                    Style::Dashed,
-                    vec![
-                        (s0 as f64, super::claims::SECOND_ORDER_SUPPORT),
-                        (s1 as f64, super::claims::SECOND_ORDER_SUPPORT),
-                    ],
-                ));
-            }
-            panels.push(p);
         }
     }
     figure(
         dir,
         FIG_SECOND_ORDER,
-        "Claim 4b: second-order term relative to the first-order term",
-        1,
+        "Claim 4b: second-order term / first-order term of the loss change, per layer (rows: blocks)",
+        cols,
         &panels,
     )?;
     Ok(Figure {
         file: FIG_SECOND_ORDER,
         caption: if measured {
-            "Per tracked layer, the ratio of the second-order term ½⟨ΔW, G ΔW A⟩ to the first-order term ⟨∇W, ΔW⟩ of the loss change at each measured step (median over seeds; legend: median over steps of the first seed), log scale; dashed: the support threshold of claim 4b.".into()
+            "Per tracked layer (rows: blocks; columns: optimizers), the ratio |½⟨ΔW, G ΔW A⟩| / |⟨∇W, ΔW⟩| of the second- to the first-order term of the loss change at each measured step, median over seeds, log scale; legend: the layer's median over steps (first seed); dashed: the support threshold of claim 4b.".into()
         } else {
             "Not measured: the runs hold no second-order records.".into()
         },
@@ -870,6 +940,8 @@ fn cost(runs: &[RunData], dir: &Path) -> Result<Figure> {
         x: "optimizer".into(),
         y: "steps / s".into(),
         x_names: Some(names.clone()),
+        x_range: Some((-0.5, 2.5)),
+        y_zero: true,
         ..Default::default()
     };
     let mut mem = Panel {
@@ -877,6 +949,8 @@ fn cost(runs: &[RunData], dir: &Path) -> Result<Figure> {
         x: "optimizer".into(),
         y: "MiB".into(),
         x_names: Some(names),
+        x_range: Some((-0.5, 2.5)),
+        y_zero: true,
         ..Default::default()
     };
     for (i, o) in order.iter().enumerate() {
