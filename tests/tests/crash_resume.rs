@@ -195,10 +195,7 @@ fn checkpoint_files(dir: &Path) -> Vec<String> {
 fn assert_equals_reference(dir: &Path) {
     let (reference, _) = reference();
     let want = metrics_without_time(reference);
-    assert_eq!(
-        want.iter().filter(|v| v["kind"] == "epoch").count(),
-        EPOCHS
-    );
+    assert_eq!(want.iter().filter(|v| v["kind"] == "epoch").count(), EPOCHS);
     assert_eq!(metrics_without_time(dir), want, "metrics differ");
     assert_eq!(
         json_without_time(&dir.join("summary.json")),
@@ -209,7 +206,9 @@ fn assert_equals_reference(dir: &Path) {
         json_without_time(&reference.join("config.json"))
     );
     assert_eq!(checkpoint_files(dir), checkpoint_files(reference));
-    let (a, ma) = bmt_trainer::checkpoint::load_latest(reference).unwrap().unwrap();
+    let (a, ma) = bmt_trainer::checkpoint::load_latest(reference)
+        .unwrap()
+        .unwrap();
     let (b, mb) = bmt_trainer::checkpoint::load_latest(dir).unwrap().unwrap();
     assert_eq!((ma.epoch, ma.step), (EPOCHS, EPOCHS * 22));
     assert_eq!((mb.epoch, mb.step), (ma.epoch, ma.step));
@@ -217,8 +216,16 @@ fn assert_equals_reference(dir: &Path) {
     assert_eq!(mb.extra, ma.extra);
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (k, t) in &a {
-        let x = t.flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap();
-        let y = b[k].flatten_all().unwrap().to_dtype(candle_core::DType::F64).unwrap();
+        let x = t
+            .flatten_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap();
+        let y = b[k]
+            .flatten_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap();
         assert_eq!(
             x.to_vec1::<f64>().unwrap(),
             y.to_vec1::<f64>().unwrap(),
@@ -340,7 +347,11 @@ fn planted_half_written_and_truncated_checkpoints() {
     reference();
     let dir = tmp("planted");
     let out = run_to_end(train(&dir, 2));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ckpt = dir.join("checkpoints");
     let second = ckpt.join("epoch-0002.safetensors");
     let bytes = std::fs::read(&second).unwrap();
@@ -364,6 +375,10 @@ fn planted_half_written_and_truncated_checkpoints() {
 
     std::fs::rename(&second, dir.join("damaged-epoch-0002.safetensors")).unwrap();
     let out = run_to_end(resume(&dir, Some(EPOCHS)));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_equals_reference(&dir);
 }
