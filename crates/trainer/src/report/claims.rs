@@ -106,39 +106,39 @@ fewer it answers **inconclusive**. Claims 1 and 2 (geometry of any trained model
 claims 3, 4 and 4b (dynamics of ordinary training) use the AdamW runs; claims 5 and 6 compare \
 optimizers. A run whose data lack a quantity makes the claim **inconclusive** (\"not measured\").
 
-1. **Tokens are random variables** (a necessary, measurable condition: the tokens of one image are \
+- **1. Tokens are random variables** (a necessary, measurable condition: the tokens of one image are \
 spread, not one point, and they move with depth). Per run, at the last epoch: the largest mean \
 pairwise cosine of the probe tokens over the depths of the residual stream, the smallest mean number \
 of ε-clusters, and the depth-clock diffusion coefficient D. A run passes when cosine < {cos}, \
 clusters > 1 and D > 0. **Supported**: every run passes; **refuted**: no run passes; otherwise \
 inconclusive.
-2. **LayerNorm output lies on the sphere** (MATH §1, pre-affine, radius √n(1 + ε/σ²)^(−1/2)). \
+- **2. LayerNorm output lies on the sphere** (MATH §1, pre-affine, radius √n(1 + ε/σ²)^(−1/2)). \
 Per run: the largest relative deviation of a token's radius from the prediction, over every \
 LayerNorm and epoch. **Supported**: below {ss:e} in every run; **refuted**: above {sr:e} in some run; \
 otherwise inconclusive.
-3. **Attention is a Markov kernel, and training learns it.** Row-stochastic by construction \
+- **3. Attention is a Markov kernel, and training learns it.** Row-stochastic by construction \
 (softmax rows sum to 1), so only the second half is tested. Per run and block: ΔH = (head-mean row \
 entropy at the last epoch) − (at the first epoch), and Δ|λ₂| likewise. A block's quantity has \
 changed when |mean| > {k} × sd over seeds, |mean| ≥ {kc} and every seed has the same sign. \
 **Supported**: some block's ΔH or Δ|λ₂| changed; **refuted**: none did (with ≥ {m} seeds); \
 otherwise inconclusive.
-4. **Token updates are Brownian motion**, on both clocks (depth; training time per LayerNorm). Three \
+- **4. Token updates are Brownian motion**, on both clocks (depth; training time per LayerNorm). Three \
 criteria per clock: (a) the bootstrap interval of α overlaps [{alo}, {ahi}]; (b) increments pass \
 Jarque–Bera, p ≥ {jb}; (c) the lag-1 autocorrelation of increments lies within the ±2/√N band. On \
 the training clock a criterion holds when it holds for at least half of the LayerNorms with a fit. \
 A run passes when all three hold on both clocks. **Supported**: every run passes; **refuted**: every \
 run fails at least one criterion; otherwise inconclusive.
-4b. **The second-order term is not negligible.** Per run and tracked layer: the median over measured \
+- **4b. The second-order term is not negligible.** Per run and tracked layer: the median over measured \
 steps of |½⟨ΔW, G ΔW A⟩| / |⟨∇W, ΔW⟩|; per run the median over layers. **Supported**: ≥ {s2s} in \
 every run; **refuted**: < {s2r} in every run; otherwise inconclusive (also when not measured).
-5. **The second-order optimizer for attention helps** (CG-FAC, the paper's iterative K-FAC; row 5k: \
+- **5. The second-order optimizer for attention helps** (CG-FAC, the paper's iterative K-FAC; row 5k: \
 eigen K-FAC). Target accuracy a* = {ta}, lowered to the smallest best test accuracy of all runs \
 (rounded down to 0.01) when some run never reaches {ta}. Per run: wall seconds at the end of the \
 first epoch with test accuracy ≥ a*, and the final test accuracy. **Supported**: reaches a* sooner \
 than AdamW beyond the seed spread and its final accuracy is not lower beyond the spread; \
 **refuted**: reaches a* later beyond the spread, or its final accuracy is lower beyond the spread; \
 otherwise inconclusive.
-6. **CG-FAC costs less time and memory than K-FAC.** Training steps per second (summary), and bytes \
+- **6. CG-FAC costs less time and memory than K-FAC.** Training steps per second (summary), and bytes \
 of optimizer state in the last checkpoint (deterministic, no spread). **Supported**: CG-FAC has \
 more steps/s beyond the seed spread and less state in every run; **refuted**: CG-FAC has fewer \
 steps/s beyond the spread, or more state in every run; otherwise inconclusive.
@@ -717,5 +717,58 @@ pub(crate) fn evaluate(runs: &[RunData]) -> Evaluation {
         target,
         kernel_changes,
         second_order_layers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_or_none_needs_every_run_judged() {
+        assert_eq!(all_or_none(&[Some(true), Some(true)]).0, Verdict::Supported);
+        assert_eq!(all_or_none(&[Some(false), Some(false)]).0, Verdict::Refuted);
+        assert_eq!(
+            all_or_none(&[Some(true), Some(false)]).0,
+            Verdict::Inconclusive
+        );
+        assert_eq!(all_or_none(&[Some(true), None]).0, Verdict::Inconclusive);
+        assert_eq!(all_or_none(&[]).0, Verdict::Inconclusive);
+    }
+
+    #[test]
+    fn kernel_change_rule() {
+        let s = |v: &[f64]| Spread::of(v);
+        // mean −0.1, sd 0.01: far beyond 2 sd, same sign, above the minimum change.
+        let v = [-0.09, -0.1, -0.11];
+        assert!(changed(s(&v), &v));
+        // Same but only two seeds: not enough.
+        let v2 = [-0.09, -0.11];
+        assert!(!changed(s(&v2), &v2));
+        // Mixed signs.
+        let v3 = [0.05, -0.01, 0.2];
+        assert!(!changed(s(&v3), &v3));
+        // Consistent but below the minimum change.
+        let v4 = [0.005, 0.005, 0.006];
+        assert!(!changed(s(&v4), &v4));
+    }
+
+    #[test]
+    fn rules_text_carries_the_constants() {
+        let t = rules_markdown();
+        for needle in [
+            "0.99",
+            "1e-4",
+            "1e-2",
+            "[0.9, 1.1]",
+            "p ≥ 0.01",
+            "≥ 0.1",
+            "< 0.01",
+            "0.95",
+            "2 standard errors",
+            "at least 3 seeds",
+        ] {
+            assert!(t.contains(needle), "{needle:?} missing from the rules");
+        }
     }
 }
