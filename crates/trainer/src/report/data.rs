@@ -41,6 +41,10 @@ pub struct EpochRecord {
     pub test_loss: f64,
     pub test_accuracy: f64,
     pub wall_seconds: f64,
+    /// Seconds of the epoch's training steps and evaluation (no diagnostics).
+    pub epoch_seconds: f64,
+    /// Optimizer steps taken by the end of the epoch.
+    pub step: usize,
     pub layer_norms: BTreeMap<String, LnRecord>,
     pub clusters: Vec<ClusterRecord>,
     /// Block name (`blk0`, ...) → heads.
@@ -174,6 +178,8 @@ fn parse_epoch(r: &Value) -> EpochRecord {
         test_loss: num(r, "test_loss"),
         test_accuracy: num(r, "test_accuracy"),
         wall_seconds: num(r, "wall_seconds"),
+        epoch_seconds: num(r, "epoch_seconds"),
+        step: r.get("step").and_then(Value::as_u64).unwrap_or(0) as usize,
         layer_norms,
         clusters,
         markov,
@@ -233,6 +239,23 @@ fn optimizer_state_bytes(path: &Path) -> Result<u64> {
     Ok(bytes)
 }
 
+/// The summary's training steps per second; when it is missing or 0 (a run resumed after its last
+/// epoch times no step), steps over the summed `epoch_seconds` of the epoch records instead, which
+/// include the per-epoch evaluation and so slightly underestimate the rate.
+fn steps_per_second(summary: &Value, epochs: &[EpochRecord]) -> f64 {
+    let s = num(summary, "steps_per_second");
+    if s.is_finite() && s > 0.0 {
+        return s;
+    }
+    let secs: f64 = epochs.iter().map(|e| e.epoch_seconds).sum();
+    let steps = epochs.last().map_or(0, |e| e.step);
+    if secs > 0.0 && steps > 0 {
+        steps as f64 / secs
+    } else {
+        f64::NAN
+    }
+}
+
 impl RunData {
     /// Reads the finished run in `dir`, made with `config`.
     pub fn load(dir: &Path, config: &TrainConfig) -> Result<Self> {
@@ -290,6 +313,7 @@ impl RunData {
             .ok()
             .and_then(|l| l.last().map(|(_, p)| p.clone()))
             .ok_or_else(|| bad(dir, "no checkpoint found"))?;
+        let steps_per_second = steps_per_second(&summary, &epochs);
         Ok(Self {
             optimizer: config.optimizer,
             seed: config.seed,
@@ -298,7 +322,7 @@ impl RunData {
             cg_iterations,
             final_test_accuracy: num(&summary, "final_test_accuracy"),
             best_test_accuracy: num(&summary, "best_test_accuracy"),
-            steps_per_second: num(&summary, "steps_per_second"),
+            steps_per_second,
             peak_memory_mib: summary.get("peak_memory_mib").and_then(Value::as_f64),
             optimizer_state_bytes: optimizer_state_bytes(&last_ckpt)?,
             depth,
