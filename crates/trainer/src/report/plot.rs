@@ -887,6 +887,7 @@ fn cg_iterations(runs: &[RunData], dir: &Path) -> Result<Figure> {
         title: "CG-FAC: mean CG iterations per layer at each logged step".into(),
         x: "step".into(),
         y: "CG iterations (mean over layers)".into(),
+        y_zero: true,
         ..Default::default()
     };
     let cap = crate::kfac::KfacSettings::defaults(OptimizerKind::Cgfac).cg_max_iters as f64;
