@@ -50,25 +50,68 @@ fn six_epochs_equal_three_plus_three_and_beat_chance() {
     config.epochs = 6;
     config.log_every = 4;
     let full = tmp("full");
-    let summary = run(config.clone(), &full, &RunOptions { quiet: true, ..Default::default() }).unwrap();
-    assert!(summary.final_test_accuracy > 0.75, "6 epochs reached only {}", summary.final_test_accuracy);
+    let summary = run(
+        config.clone(),
+        &full,
+        &RunOptions {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        summary.final_test_accuracy > 0.75,
+        "6 epochs reached only {}",
+        summary.final_test_accuracy
+    );
     assert_eq!(summary.steps, 6 * 22);
     check_claims_logged(&full);
 
     let split = tmp("split");
     let mut first = config.clone();
     first.epochs = 3;
-    run(first, &split, &RunOptions { quiet: true, ..Default::default() }).unwrap();
-    let resumed = run(config, &split, &RunOptions { resume: true, quiet: true, ..Default::default() }).unwrap();
+    run(
+        first,
+        &split,
+        &RunOptions {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let resumed = run(
+        config,
+        &split,
+        &RunOptions {
+            resume: true,
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(resumed.steps, 6 * 22);
     assert_eq!(metrics_without_time(&full), metrics_without_time(&split));
     assert_eq!(summary.final_test_accuracy, resumed.final_test_accuracy);
-    let a = bmt_trainer::checkpoint::load_latest(&full).unwrap().unwrap().0;
-    let b = bmt_trainer::checkpoint::load_latest(&split).unwrap().unwrap().0;
+    let a = bmt_trainer::checkpoint::load_latest(&full)
+        .unwrap()
+        .unwrap()
+        .0;
+    let b = bmt_trainer::checkpoint::load_latest(&split)
+        .unwrap()
+        .unwrap()
+        .0;
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (k, t) in &a {
         let d = (t.to_dtype(DType::F64).unwrap() - b[k].to_dtype(DType::F64).unwrap()).unwrap();
-        let max = d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        let max = d
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert_eq!(max, 0.0, "checkpoint tensor {k} differs");
     }
 }
@@ -87,9 +130,20 @@ fn every_parameter_receives_a_nonzero_gradient() {
     // Per block: two LayerNorms (γ, β) and six linears (W, b); plus patch, CLS, positions, final LayerNorm, head.
     assert_eq!(model.parameters().len(), 4 * 16 + 8);
     for (name, var) in model.parameters() {
-        let g = grads.get(var).unwrap_or_else(|| panic!("no gradient for {name}"));
-        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(norm > 0.0 && norm.is_finite(), "gradient of {name} has squared norm {norm}");
+        let g = grads
+            .get(var)
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            norm > 0.0 && norm.is_finite(),
+            "gradient of {name} has squared norm {norm}"
+        );
     }
 }
 
@@ -98,11 +152,33 @@ fn every_parameter_receives_a_nonzero_gradient() {
 fn bad_resume_and_config_are_clear_errors() {
     let empty = tmp("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    let err = run(TrainConfig::w1(), &empty, &RunOptions { resume: true, quiet: true, ..Default::default() }).unwrap_err().to_string();
-    assert!(err.contains("config.json") && err.contains("cannot resume"), "{err}");
+    let err = run(
+        TrainConfig::w1(),
+        &empty,
+        &RunOptions {
+            resume: true,
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("config.json") && err.contains("cannot resume"),
+        "{err}"
+    );
     let mut c = TrainConfig::w1();
     c.model.heads = 3;
-    let err = run(c, &tmp("bad"), &RunOptions { quiet: true, ..Default::default() }).unwrap_err().to_string();
+    let err = run(
+        c,
+        &tmp("bad"),
+        &RunOptions {
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("--heads"), "{err}");
 }
 
@@ -123,10 +199,20 @@ fn check_claims_logged(dir: &Path) {
         assert_eq!(lns.len(), 4 * 2 + 1, "every LayerNorm is checked");
         for (name, r) in lns {
             let dev = r["max_relative_deviation"].as_f64().unwrap();
-            assert!(dev <= 1e-4, "epoch {}: {name} deviates {dev} from the predicted radius", e["epoch"]);
-            assert!(r["max_centring"].as_f64().unwrap() < 1e-4, "{name} is not centred");
+            assert!(
+                dev <= 1e-4,
+                "epoch {}: {name} deviates {dev} from the predicted radius",
+                e["epoch"]
+            );
+            assert!(
+                r["max_centring"].as_f64().unwrap() < 1e-4,
+                "{name} is not centred"
+            );
         }
-        assert_eq!(e["sphere"]["residual_clusters"].as_array().unwrap().len(), 5);
+        assert_eq!(
+            e["sphere"]["residual_clusters"].as_array().unwrap().len(),
+            5
+        );
         for b in 0..4 {
             let heads = e["markov"][format!("blk{b}")].as_array().unwrap();
             assert_eq!(heads.len(), 4);
@@ -136,25 +222,49 @@ fn check_claims_logged(dir: &Path) {
                 assert!((0.0..=t.ln() + 1e-9).contains(&ent), "entropy {ent}");
                 let l2 = h["lambda2_abs"].as_f64().unwrap();
                 let dob = h["dobrushin"].as_f64().unwrap();
-                assert!(l2 <= dob + 1e-9 && dob <= 1.0 + 1e-12, "|λ₂| {l2} ≤ δ {dob} ≤ 1");
-                for k in ["doubly_stochastic_deviation", "reversibility_defect", "pi_entropy"] {
+                assert!(
+                    l2 <= dob + 1e-9 && dob <= 1.0 + 1e-12,
+                    "|λ₂| {l2} ≤ δ {dob} ≤ 1"
+                );
+                for k in [
+                    "doubly_stochastic_deviation",
+                    "reversibility_defect",
+                    "pi_entropy",
+                ] {
                     assert!(h[k].as_f64().unwrap().is_finite(), "{k}");
                 }
             }
         }
     }
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(summary["diagnostics"]["sphere"]["claim_holds_within_1e-4"], true);
-    assert!(summary["diagnostics"]["markov_first_vs_last"]["layers"]["blk3"]["lambda2_abs"]["last"].is_number());
-    let brownian: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("brownian.json")).unwrap()).unwrap();
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["diagnostics"]["sphere"]["claim_holds_within_1e-4"],
+        true
+    );
+    assert!(
+        summary["diagnostics"]["markov_first_vs_last"]["layers"]["blk3"]["lambda2_abs"]["last"]
+            .is_number()
+    );
+    let brownian: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("brownian.json")).unwrap()).unwrap();
     let depth = &brownian["clock_depth"]["report"];
-    assert!(depth["alpha"].is_number() && depth["alpha_ci"].is_array(), "{depth}");
+    assert!(
+        depth["alpha"].is_number() && depth["alpha_ci"].is_array(),
+        "{depth}"
+    );
     // The second-order term is measured every 10 steps for all 24 attention and MLP layers.
     let so = &brownian["second_order"];
     assert_eq!(so["steps_measured"], 13, "{so}");
     assert_eq!(so["layers"].as_object().unwrap().len(), 24);
-    assert!(so["median_second_over_first"].as_f64().unwrap() > 0.0, "{so}");
+    assert!(
+        so["median_second_over_first"].as_f64().unwrap() > 0.0,
+        "{so}"
+    );
     for (name, r) in brownian["clock_training"]["layers"].as_object().unwrap() {
-        assert!(r["alpha"].is_number() && r["diffusion"].is_number(), "{name}: {r}");
+        assert!(
+            r["alpha"].is_number() && r["diffusion"].is_number(),
+            "{name}: {r}"
+        );
     }
 }

@@ -17,7 +17,10 @@ fn shared() -> PathBuf {
 
 fn fixture() -> (PeerFixture, Value) {
     let f = load_peer_fixture(&shared().join("w1-peer-init.safetensors")).expect("fixture loads");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(shared().join("w1-peer-reference.json")).unwrap()).unwrap();
+    let r: Value = serde_json::from_str(
+        &std::fs::read_to_string(shared().join("w1-peer-reference.json")).unwrap(),
+    )
+    .unwrap();
     (f, r)
 }
 
@@ -30,14 +33,41 @@ fn step0_loss_logits_and_accuracy_match_the_references() {
     let (f, r) = fixture();
     let first: Vec<usize> = f.batch_orders[0][0].clone();
     let want_loss = r["step0_first_batch_loss_f64"].as_f64().unwrap();
-    let want_logits: Vec<f64> = r["step0_first_batch_logits_row0_f64"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let want_logits: Vec<f64> = r["step0_first_batch_logits_row0_f64"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     for (dtype, tol) in [(DType::F64, 1e-9), (DType::F32, 1e-5)] {
-        let model = Vit::from_tensors(bmt_trainer::model::VitConfig::w1(), &f.weights, dtype, &Device::Cpu).unwrap();
+        let model = Vit::from_tensors(
+            bmt_trainer::model::VitConfig::w1(),
+            &f.weights,
+            dtype,
+            &Device::Cpu,
+        )
+        .unwrap();
         let batch = f.train.batch(&first, &Device::Cpu).unwrap();
-        let logits = model.forward(&batch.inputs.to_dtype(dtype).unwrap()).unwrap();
-        let loss = cross_entropy(&logits, &batch.targets).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
-        assert!((loss - want_loss).abs() < tol, "{dtype:?}: loss {loss} vs {want_loss}");
-        let row0: Vec<f64> = logits.to_dtype(DType::F64).unwrap().get(0).unwrap().to_vec1().unwrap();
+        let logits = model
+            .forward(&batch.inputs.to_dtype(dtype).unwrap())
+            .unwrap();
+        let loss = cross_entropy(&logits, &batch.targets)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(
+            (loss - want_loss).abs() < tol,
+            "{dtype:?}: loss {loss} vs {want_loss}"
+        );
+        let row0: Vec<f64> = logits
+            .to_dtype(DType::F64)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         for (a, b) in row0.iter().zip(&want_logits) {
             assert!((a - b).abs() < tol, "{dtype:?}: logit {a} vs {b}");
         }
@@ -47,7 +77,11 @@ fn step0_loss_logits_and_accuracy_match_the_references() {
         let tb = f.test.batch(&test_idx, &Device::Cpu).unwrap();
         let tl = model.forward(&tb.inputs.to_dtype(dtype).unwrap()).unwrap();
         let acc = bmt_trainer::model::correct_predictions(&tl, &tb.targets).unwrap() as f64 / 360.0;
-        assert_eq!(acc, r["step0_test_accuracy_f64"].as_f64().unwrap(), "{dtype:?}");
+        assert_eq!(
+            acc,
+            r["step0_test_accuracy_f64"].as_f64().unwrap(),
+            "{dtype:?}"
+        );
     }
 }
 
@@ -61,7 +95,8 @@ fn first_three_epochs_match_pytorch() {
     let (f, r) = fixture();
     let mut config = TrainConfig::w1();
     config.diagnostics = false;
-    let model = Vit::from_tensors(config.model.clone(), &f.weights, DType::F32, &Device::Cpu).unwrap();
+    let model =
+        Vit::from_tensors(config.model.clone(), &f.weights, DType::F32, &Device::Cpu).unwrap();
     let mut trainer = Trainer::new(config, model, Device::Cpu).unwrap();
     for (e, want) in r["pytorch_epochs"].as_array().unwrap().iter().enumerate() {
         let mut sum = 0.0;
@@ -73,7 +108,16 @@ fn first_three_epochs_match_pytorch() {
         let eval = trainer.evaluate(&f.test, 512).unwrap();
         let want_loss = want["train_loss_mean"].as_f64().unwrap();
         let want_acc = want["test_accuracy"].as_f64().unwrap();
-        assert!((mean - want_loss).abs() < 5e-4, "epoch {}: train loss {mean} vs PyTorch {want_loss}", e + 1);
-        assert!((eval.accuracy - want_acc).abs() <= 2.0 / 360.0 + 5e-5, "epoch {}: test accuracy {} vs PyTorch {want_acc}", e + 1, eval.accuracy);
+        assert!(
+            (mean - want_loss).abs() < 5e-4,
+            "epoch {}: train loss {mean} vs PyTorch {want_loss}",
+            e + 1
+        );
+        assert!(
+            (eval.accuracy - want_acc).abs() <= 2.0 / 360.0 + 5e-5,
+            "epoch {}: test accuracy {} vs PyTorch {want_acc}",
+            e + 1,
+            eval.accuracy
+        );
     }
 }

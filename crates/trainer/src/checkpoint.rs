@@ -32,6 +32,9 @@ pub struct CheckpointMeta {
     pub best_test_accuracy: f64,
     /// Wall seconds at which test accuracy first reached 0.95.
     pub seconds_to_95pct: Option<f64>,
+    /// Seconds of pure training steps so far (forward, backward, update), for `steps_per_second`.
+    #[serde(default)]
+    pub train_seconds: f64,
     /// Free-form state of the trainer's diagnostics (JSON), restored on resume.
     pub extra: serde_json::Value,
 }
@@ -244,6 +247,7 @@ mod tests {
             wall_seconds: 1.5,
             best_test_accuracy: 0.5,
             seconds_to_95pct: None,
+            train_seconds: 3.0,
             extra: serde_json::json!({"k": 1}),
         }
     }

@@ -129,6 +129,18 @@ impl TrainConfig {
         if self.threads == 0 {
             return bad("--threads", "the thread count must be at least 1".into());
         }
+        match (&self.kfac, self.optimizer) {
+            (Some(k), OptimizerKind::Kfac | OptimizerKind::Cgfac) => {
+                k.to_config(self)?;
+            }
+            (Some(_), other) => {
+                return bad(
+                    "--optimizer",
+                    format!("K-FAC settings were given but the optimizer is {other}: use --optimizer kfac or cgfac"),
+                )
+            }
+            (None, _) => {}
+        }
         Ok(())
     }
 

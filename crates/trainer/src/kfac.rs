@@ -59,7 +59,11 @@ fn default_sharing() -> String {
 }
 
 impl KfacSettings {
-    /// The defaults for `kind` (`kfac`: eigen; `cgfac`: CG on the factors).
+    /// The defaults for `kind` (`kfac`: eigen; `cgfac`: CG on the factors), tuned on W1 by a small
+    /// grid over the learning rate, damping, refresh periods and KL clip (docs/BENCHMARKS.md):
+    /// damping 0.1 (1e-3 and 1e-2 were unstable or slower), eigenbases refreshed every 10 steps
+    /// (the crate's 100 leaves them stale for most of W1's 660 steps), reduce weight sharing for the
+    /// per-sequence loss, the crate's KL clip 1e-3 (which then sets the step length).
     pub fn defaults(kind: OptimizerKind) -> Self {
         let d = KfacConfig::default();
         Self {
@@ -69,9 +73,9 @@ impl KfacSettings {
                 "eigen"
             }
             .into(),
-            damping: d.damping,
+            damping: 0.1,
             k_fac: d.k_fac,
-            k_inv: d.k_inv,
+            k_inv: 10,
             fisher: "mc".into(),
             kl_clip: d.kl_clip.unwrap_or(0.0),
             cg_tol: d.cg_tol,
@@ -109,7 +113,10 @@ impl KfacSettings {
             "reduce" => bmt_kfac::WeightSharing::Reduce,
             "expand" => bmt_kfac::WeightSharing::Expand,
             other => {
-                return Err(TrainError::Config { flag: "--weight-sharing", msg: format!("`{other}`: use reduce or expand") })
+                return Err(TrainError::Config {
+                    flag: "--weight-sharing",
+                    msg: format!("`{other}`: use reduce or expand"),
+                })
             }
         };
         let mut c = KfacConfig {

@@ -103,6 +103,22 @@ pub struct StepOutcome {
     /// First- and second-order terms of this step's loss change, on measured steps
     /// ([`crate::second_order`]).
     pub second_order: Option<Value>,
+    /// Wall time of each phase of the step.
+    #[serde(skip)]
+    pub times: StepTimes,
+}
+
+/// Seconds spent in each phase of one [`Trainer::train_step`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepTimes {
+    /// Forward pass and loss.
+    pub forward: f64,
+    /// Training backward pass.
+    pub backward: f64,
+    /// Optimizer step (for K-FAC: Monte-Carlo backward, factors, solve and update).
+    pub optimizer: f64,
+    /// The second-order measurement (recording before and the extra forward after the update).
+    pub second_order: f64,
 }
 
 /// Loss and accuracy over a data set.
@@ -138,7 +154,11 @@ impl Trainer {
     /// A trainer for `model` with the optimizer of `config`.
     pub fn new(config: TrainConfig, model: Vit, device: Device) -> Result<Self> {
         let optimizer = RunOptimizer::new(&config, &model)?;
-        let second_order_every = if config.diagnostics { SECOND_ORDER_EVERY } else { 0 };
+        let second_order_every = if config.diagnostics {
+            SECOND_ORDER_EVERY
+        } else {
+            0
+        };
         Ok(Self {
             model,
             optimizer,
@@ -156,10 +176,13 @@ impl Trainer {
         if tracking {
             self.model.set_tracking(true);
         }
+        let mut times = StepTimes::default();
+        let t = Instant::now();
         let logits = self.model.forward(&batch.inputs)?;
         let loss = cross_entropy(&logits, &batch.targets)?;
         let loss_value = loss.to_scalar::<f32>()? as f64;
         let correct = correct_predictions(&logits, &batch.targets)?;
+        times.forward = t.elapsed().as_secs_f64();
         if !loss_value.is_finite() {
             self.model.set_tracking(false);
             return Err(TrainError::Diverged {
@@ -169,12 +192,21 @@ impl Trainer {
                 hint: String::new(),
             });
         }
+        let t = Instant::now();
         let grads = loss.backward()?;
+        times.backward = t.elapsed().as_secs_f64();
+        let t = Instant::now();
         let before = if measure {
-            Some(crate::second_order::Before::record(&self.model, &grads, loss_value)?)
+            Some(crate::second_order::Before::record(
+                &self.model,
+                &grads,
+                loss_value,
+            )?)
         } else {
             None
         };
+        times.second_order = t.elapsed().as_secs_f64();
+        let t = Instant::now();
         let optimizer = match &mut self.optimizer {
             RunOptimizer::FirstOrder(o) => {
                 o.step(&grads)?;
@@ -192,19 +224,23 @@ impl Trainer {
                 Some(stats)
             }
         };
+        times.optimizer = t.elapsed().as_secs_f64();
         if tracking {
             self.model.set_tracking(false);
         }
+        let t = Instant::now();
         let second_order = match before {
             Some(b) => Some(b.finish(&self.model, batch)?),
             None => None,
         };
+        times.second_order += t.elapsed().as_secs_f64();
         self.step += 1;
         Ok(StepOutcome {
             loss: loss_value,
             correct,
             optimizer,
             second_order,
+            times,
         })
     }
 
@@ -428,6 +464,27 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
     } else {
         None
     };
+    let n_train = data.train.len();
+    let steps_per_epoch = n_train / config.batch_size;
+    if steps_per_epoch == 0 {
+        return Err(TrainError::Config {
+            flag: "--batch-size",
+            msg: format!(
+                "{} exceeds the {} training samples: no full batch fits",
+                config.batch_size, n_train
+            ),
+        });
+    }
+    if !options.resume && !checkpoint::list(out)?.is_empty() {
+        return Err(TrainError::Config {
+            flag: "--out",
+            msg: format!(
+                "{} already holds a run with checkpoints: continue it with --resume {}, or choose another --out",
+                out.display(),
+                out.display()
+            ),
+        });
+    }
     fs::create_dir_all(out).map_err(io_err(out))?;
     write_json(&out.join("config.json"), &config)?;
 
@@ -447,6 +504,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
     let mut wall_before = 0.0;
     let mut best = 0.0f64;
     let mut to95: Option<f64> = None;
+    let mut train_seconds = 0.0;
     match ckpt {
         Some((tensors, meta)) => {
             let mut model_t = BTreeMap::new();
@@ -467,6 +525,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             wall_before = meta.wall_seconds;
             best = meta.best_test_accuracy;
             to95 = meta.seconds_to_95pct;
+            train_seconds = meta.train_seconds;
             diagnostics.restore(&meta.extra)?;
             truncate_metrics(&metrics_path, meta.epoch)?;
         }
@@ -477,17 +536,6 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         }
     }
 
-    let n_train = data.train.len();
-    let steps_per_epoch = n_train / config.batch_size;
-    if steps_per_epoch == 0 {
-        return Err(TrainError::Config {
-            flag: "--batch-size",
-            msg: format!(
-                "{} exceeds the {} training samples: no full batch fits",
-                config.batch_size, n_train
-            ),
-        });
-    }
     let total_steps = (config.epochs * steps_per_epoch) as u64;
     let progress = Progress::new(
         total_steps,
@@ -510,7 +558,6 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
     );
     let mut metrics = MetricsFile::open(&metrics_path)?;
     let run_start = Instant::now();
-    let mut train_seconds = 0.0;
     let mut train_steps_timed = 0usize;
     let mut last_eval = Evaluation::default();
     let mut last_train_loss = f64::NAN;
@@ -559,6 +606,12 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         let train_loss = loss_sum / batches.len() as f64;
         let train_accuracy = correct as f64 / (batches.len() * config.batch_size) as f64;
         let eval = trainer.evaluate(&data.test, 512)?;
+        check_finite(&trainer, train_loss, eval.loss).map_err(|what| TrainError::Diverged {
+            epoch: epoch + 1,
+            step: trainer.step,
+            what,
+            hint: last_good_hint(out),
+        })?;
         let epoch_train_seconds = epoch_start.elapsed().as_secs_f64();
         let diag_start = Instant::now();
         let diag = diagnostics.on_epoch(&trainer, epoch + 1)?;
@@ -597,6 +650,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             wall_seconds: wall,
             best_test_accuracy: best,
             seconds_to_95pct: to95,
+            train_seconds,
             extra: diagnostics.state(),
         };
         let mut tensors = BTreeMap::new();
@@ -626,7 +680,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             epochs: completed,
             steps: trainer.step,
             wall_seconds: wall,
-            steps_per_second: train_steps_timed as f64 / train_seconds.max(1e-9),
+            steps_per_second: trainer.step as f64 / train_seconds.max(1e-9),
             seconds_to_95pct: to95,
             peak_memory_mib: peak_memory_mib(),
             optimizer: config.optimizer.to_string(),
@@ -646,7 +700,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         epochs: completed,
         steps: trainer.step,
         wall_seconds: wall,
-        steps_per_second: train_steps_timed as f64 / train_seconds.max(1e-9),
+        steps_per_second: trainer.step as f64 / train_seconds.max(1e-9),
         seconds_to_95pct: to95,
         peak_memory_mib: peak_memory_mib(),
         optimizer: config.optimizer.to_string(),
@@ -664,6 +718,36 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         );
     }
     Ok(summary)
+}
+
+/// Whether the epoch ended in a finite state: losses and every parameter. Checked before anything
+/// of the epoch is written, so no NaN reaches the metrics or a checkpoint.
+fn check_finite(
+    trainer: &Trainer,
+    train_loss: f64,
+    test_loss: f64,
+) -> std::result::Result<(), String> {
+    if !train_loss.is_finite() {
+        return Err(format!("the mean training loss is {train_loss}"));
+    }
+    if !test_loss.is_finite() {
+        return Err(format!("the test loss is {test_loss}"));
+    }
+    for (name, var) in trainer.model.parameters() {
+        let total = var
+            .as_tensor()
+            .abs()
+            .and_then(|t| t.sum_all())
+            .and_then(|t| t.to_dtype(DType::F64))
+            .and_then(|t| t.to_scalar::<f64>())
+            .map_err(|e| e.to_string())?;
+        if !total.is_finite() {
+            return Err(format!(
+                "parameter `{name}` is non-finite after the epoch's updates"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn last_good_hint(out: &Path) -> String {

@@ -33,7 +33,9 @@ fn fold(w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 }
 
 fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
-    Ok((a.to_dtype(DType::F64)? * b.to_dtype(DType::F64)?)?.sum_all()?.to_scalar::<f64>()?)
+    Ok((a.to_dtype(DType::F64)? * b.to_dtype(DType::F64)?)?
+        .sum_all()?
+        .to_scalar::<f64>()?)
 }
 
 struct LayerBefore {
@@ -56,9 +58,13 @@ impl Before {
     pub fn record(model: &Vit, grads: &GradStore, loss: f64) -> Result<Self> {
         let mut layers = Vec::new();
         for l in model.attention_and_mlp_layers() {
-            let Some(capture) = l.capture(grads)? else { continue };
-            let (Some(gw), gb) = (grads.get(l.weight().as_tensor()), l.bias().and_then(|b| grads.get(b.as_tensor())))
-            else {
+            let Some(capture) = l.capture(grads)? else {
+                continue;
+            };
+            let (Some(gw), gb) = (
+                grads.get(l.weight().as_tensor()),
+                l.bias().and_then(|b| grads.get(b.as_tensor())),
+            ) else {
                 continue;
             };
             layers.push(LayerBefore {
@@ -73,7 +79,11 @@ impl Before {
                 params.insert(name.clone(), (var.as_tensor().copy()?, g.clone()));
             }
         }
-        Ok(Self { loss, layers, params })
+        Ok(Self {
+            loss,
+            layers,
+            params,
+        })
     }
 
     /// After the update: the per-layer terms and the measured loss change on `batch`.
@@ -86,8 +96,12 @@ impl Before {
             let delta = (after - &before.weights)?;
             let first = dot(&before.grad, &delta)?;
             let (a, g) = kronecker_factors(&before.capture, WeightSharing::Expand)?;
-            let second =
-                0.5 * kronecker_quadratic_form(&a.to_dtype(DType::F64)?, &g.to_dtype(DType::F64)?, &delta)?;
+            let second = 0.5
+                * kronecker_quadratic_form(
+                    &a.to_dtype(DType::F64)?,
+                    &g.to_dtype(DType::F64)?,
+                    &delta,
+                )?;
             first_sum += first;
             second_sum += second;
             per_layer.insert(
@@ -101,7 +115,9 @@ impl Before {
                 first_all += dot(g, &(var.as_tensor() - p0)?)?;
             }
         }
-        let after = cross_entropy(&model.forward(&batch.inputs)?, &batch.targets)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let after = cross_entropy(&model.forward(&batch.inputs)?, &batch.targets)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
         Ok(json!({
             "layers": per_layer,
             "tracked_first_order": first_sum,
@@ -135,9 +151,11 @@ pub fn summarise(records: &[Value]) -> Value {
                 }
             }
         }
-        let (Some(meas), Some(first), Some(second)) =
-            (r["measured"].as_f64(), r["model_first_order"].as_f64(), r["tracked_second_order"].as_f64())
-        else {
+        let (Some(meas), Some(first), Some(second)) = (
+            r["measured"].as_f64(),
+            r["model_first_order"].as_f64(),
+            r["tracked_second_order"].as_f64(),
+        ) else {
             continue;
         };
         if second.abs() > 0.0 {
@@ -147,8 +165,10 @@ pub fn summarise(records: &[Value]) -> Value {
             total_ratio.push(second / first.abs());
         }
     }
-    let per_layer: Map<String, Value> =
-        layers.into_iter().map(|(k, v)| (k, json!({ "median_ratio": median(v) }))).collect();
+    let per_layer: Map<String, Value> = layers
+        .into_iter()
+        .map(|(k, v)| (k, json!({ "median_ratio": median(v) })))
+        .collect();
     json!({
         "steps_measured": records.len(),
         "median_second_over_first": median(total_ratio),

@@ -17,14 +17,13 @@ use bmt_trainer::config::{OptimizerKind, TrainConfig};
 use bmt_trainer::data::{Batch, Dataset, ImageSet, Split};
 use bmt_trainer::diag::Diagnostics;
 use bmt_trainer::kfac::{KfacSettings, DEFAULT_LR};
-use bmt_trainer::model::{correct_predictions, cross_entropy, Vit, VitConfig};
+use bmt_trainer::model::{Vit, VitConfig};
 use bmt_trainer::ops::{
     layer_norm_normalize, layer_norm_normalize_composite, softmax_last_dim,
     softmax_last_dim_composite,
 };
 use bmt_trainer::run::{
-    epoch_batches, fit_model_to_data, load_data, peak_memory_mib, MetricsFile, RunOptimizer,
-    StepOutcome, Trainer,
+    epoch_batches, fit_model_to_data, load_data, peak_memory_mib, MetricsFile, StepOutcome, Trainer,
 };
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
@@ -478,88 +477,41 @@ fn stat(v: &Value, key: &str) -> f64 {
     v.get(key).and_then(Value::as_f64).unwrap_or(0.0)
 }
 
-/// Mirrors `Trainer::train_step` (keep in step with it), timing each phase; the second-order
+/// One `Trainer::train_step`, its phases taken from the step's own timings; the second-order
 /// measurement it makes every `second_order_every` steps counts as diagnostics.
 fn timed_step(tr: &mut Trainer, batch: &Batch) -> Result<StepTiming> {
-    let measure = tr.second_order_every > 0 && (tr.step + 1) % tr.second_order_every == 0;
-    let tracking = tr.optimizer.needs_captures() || measure;
-    if tracking {
-        tr.model.set_tracking(true);
-    }
-    let t0 = Instant::now();
-    let logits = tr.model.forward(&batch.inputs)?;
-    let loss = cross_entropy(&logits, &batch.targets)?;
-    let loss_value = loss.to_scalar::<f32>()? as f64;
-    let correct = correct_predictions(&logits, &batch.targets)?;
-    let forward = t0.elapsed().as_secs_f64();
-    if !loss_value.is_finite() {
-        tr.model.set_tracking(false);
-        bail!("step {}: the training loss is {loss_value}", tr.step + 1);
-    }
-    let t1 = Instant::now();
-    let grads = loss.backward()?;
-    let backward = t1.elapsed().as_secs_f64();
-    let tb = Instant::now();
-    let before = if measure {
-        Some(bmt_trainer::second_order::Before::record(
-            &tr.model, &grads, loss_value,
-        )?)
-    } else {
-        None
-    };
-    let mut diagnostics = tb.elapsed().as_secs_f64();
-    let t2 = Instant::now();
-    let (precondition, update, kfac, stats) = match &mut tr.optimizer {
-        RunOptimizer::FirstOrder(o) => {
-            o.step(&grads)?;
-            (0.0, t2.elapsed().as_secs_f64(), None, None)
-        }
-        RunOptimizer::Kfac(k) => {
-            let s =
-                bmt_trainer::kfac::step(k, &tr.model, &logits, &grads, tr.config.seed, tr.step)?;
-            let total = t2.elapsed().as_secs_f64();
+    let outcome = tr.train_step(batch)?;
+    let t = outcome.times;
+    let (precondition, update, kfac) = match &outcome.optimizer {
+        None => (0.0, t.optimizer, None),
+        Some(s) => {
             let (fac, sol, upd) = (
-                stat(&s, "time_factors_s"),
-                stat(&s, "time_solve_s"),
-                stat(&s, "time_update_s"),
+                stat(s, "time_factors_s"),
+                stat(s, "time_solve_s"),
+                stat(s, "time_update_s"),
             );
             let b = KfacBreakdown {
-                curvature_backward_s: (total - fac - sol - upd).max(0.0),
+                curvature_backward_s: (t.optimizer - fac - sol - upd).max(0.0),
                 factors_s: fac,
                 solve_s: sol,
-                factor_refresh_steps: usize::from(stat(&s, "refreshed_factors") > 0.0),
-                inverse_refresh_steps: usize::from(stat(&s, "refreshed_inverses") > 0.0),
-                cg_iterations_mean: stat(&s, "cg_iterations_mean"),
+                factor_refresh_steps: usize::from(stat(s, "refreshed_factors") > 0.0),
+                inverse_refresh_steps: usize::from(stat(s, "refreshed_inverses") > 0.0),
+                cg_iterations_mean: stat(s, "cg_iterations_mean"),
             };
             let ran_cg = b.cg_iterations_mean > 0.0;
-            ((total - upd).max(0.0), upd, Some((b, ran_cg)), Some(s))
+            ((t.optimizer - upd).max(0.0), upd, Some((b, ran_cg)))
         }
     };
-    if tracking {
-        tr.model.set_tracking(false);
-    }
-    let ta = Instant::now();
-    let second_order = match before {
-        Some(b) => Some(b.finish(&tr.model, batch)?),
-        None => None,
-    };
-    diagnostics += ta.elapsed().as_secs_f64();
-    tr.step += 1;
     Ok(StepTiming {
         phases: Phases {
-            forward,
-            backward,
+            forward: t.forward,
+            backward: t.backward,
             precondition,
             update,
-            diagnostics,
+            diagnostics: t.second_order,
         },
         kfac,
-        outcome: StepOutcome {
-            loss: loss_value,
-            correct,
-            optimizer: stats,
-            second_order,
-        },
+        outcome,
     })
 }
 

@@ -27,6 +27,7 @@ enum Command {
 }
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 struct TrainArgs {
     /// Data: digits (embedded), mnist:DIR (MNIST or Fashion-MNIST idx files), cifar10:DIR.
     #[arg(long, default_value = "digits")]
@@ -228,7 +229,17 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line, exit code 1, like every other error of this command.
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid command line");
+            eprintln!("{first} (see `bmt train --help`)");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Train(a) => train(a),
     };

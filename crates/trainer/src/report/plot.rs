@@ -168,7 +168,11 @@ fn bounds(values: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     Some((lo - pad, hi + pad))
 }
 
-fn draw_panel<'a>(area: &DrawingArea<BitMapBackend<'a>, Shift>, p: &Panel, path: &Path) -> Result<()> {
+fn draw_panel<'a>(
+    area: &DrawingArea<BitMapBackend<'a>, Shift>,
+    p: &Panel,
+    path: &Path,
+) -> Result<()> {
     let tx = |v: f64| if p.log_x { v.log10() } else { v };
     let ty = |v: f64| if p.log_y { v.log10() } else { v };
     let ok = |v: f64, log: bool| v.is_finite() && (!log || v > 0.0);
