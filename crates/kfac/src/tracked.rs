@@ -160,10 +160,19 @@ impl TrackedLinear {
         let in_dim = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = x2.matmul(&self.weight.as_tensor().t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(b.as_tensor())?;
-        }
+        let w = self.weight.as_tensor();
+        let y = match &self.bias {
+            // The bias rides in the GEMM as an extra column: [x 1]·[W b]ᵀ. Its gradient then comes
+            // out of the matmul's backward as one GEMM, where `broadcast_add`'s backward would sum
+            // over rows with candle's slow strided reduction (one integer division per element).
+            Some(b) => {
+                let ones = Tensor::ones((rows, 1), x.dtype(), x.device())?;
+                let xa = Tensor::cat(&[&x2, &ones], 1)?;
+                let wb = Tensor::cat(&[w, &b.as_tensor().unsqueeze(1)?], 1)?;
+                xa.matmul(&wb.t()?)?
+            }
+            None => x2.matmul(&w.t()?)?,
+        };
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {
             *last = self.out_dim();

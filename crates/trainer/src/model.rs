@@ -145,8 +145,11 @@ impl LayerNorm {
 
     /// The affine part `γ ⊙ y + β`.
     pub fn affine(&self, y: &Tensor) -> Result<Tensor> {
-        Ok(y.broadcast_mul(self.gain.as_tensor())?
-            .broadcast_add(self.bias.as_tensor())?)
+        Ok(ops::scale_shift_rows(
+            y,
+            self.gain.as_tensor(),
+            self.bias.as_tensor(),
+        )?)
     }
 
     /// The layer's name (`blk0.ln1`, ..., `lnf`).
@@ -500,7 +503,7 @@ impl Vit {
             .as_tensor()
             .reshape((1, 1, c.dim))?
             .broadcast_as((b, 1, c.dim))?;
-        let mut h = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(self.pos.as_tensor())?;
+        let mut h = ops::add_rows(&Tensor::cat(&[&cls, &tokens], 1)?, self.pos.as_tensor())?;
         if let Some(t) = trace.as_deref_mut() {
             t.residual.push(h.detach());
         }
@@ -528,7 +531,7 @@ impl Vit {
                 .reshape((b, t_len, c.dim))?;
             h = (h + blk.o.forward(&ctx)?)?;
             let u2 = self.layer_norm(&blk.ln2, &h, &mut trace)?;
-            let m = blk.fc2.forward(&blk.fc1.forward(&u2)?.gelu()?)?;
+            let m = blk.fc2.forward(&ops::gelu(&blk.fc1.forward(&u2)?)?)?;
             h = (h + m)?;
             if let Some(t) = trace.as_deref_mut() {
                 t.residual.push(h.detach());

@@ -11,6 +11,7 @@
 //! |----|-------------------------------|--------------------|
 //! | [`layer_norm_normalize`] | `y = (x − μ)/s`, `s = sqrt(σ² + ε)` | `dx = (dy − mean(dy) − y·mean(dy⊙y)) / s` |
 //! | [`softmax_last_dim`] | `y = exp(x − max x) / Σ exp(x − max x)` | `dx = y ⊙ (dy − Σ dy⊙y)` |
+//! | [`gelu`] | `y = ½x(1 + tanh(√(2/π)(x + 0.044715x³)))` | `dx = dy·(½(1+t) + ½x(1−t²)√(2/π)(1+0.134145x²))` |
 //!
 //! Both are `candle_core::CustomOp1`s applied with `Tensor::apply_op1`, so they are recorded in the
 //! autograd graph; their `bwd` runs a second fused kernel (a `CustomOp2` over `(x, dy)` for LayerNorm,
@@ -49,12 +50,16 @@
 //! * A softmax row that is entirely `−∞` yields `NaN`, exactly like the composite (`0/0`).
 
 mod error;
+mod gelu;
 mod kernels;
 mod layer_norm;
+mod rows;
 mod softmax;
 
 pub use error::OpsError;
+pub use gelu::{gelu, gelu_composite};
 pub use layer_norm::{layer_norm_normalize, layer_norm_normalize_composite};
+pub use rows::{add_rows, scale_shift_rows, sum_rows};
 pub use softmax::{softmax_last_dim, softmax_last_dim_composite};
 
 use candle_core::{DType, Tensor};
