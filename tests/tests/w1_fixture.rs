@@ -121,3 +121,35 @@ fn first_three_epochs_match_pytorch() {
         );
     }
 }
+
+/// All 30 epochs of W1-adamw from the peer start, with the peer split and batch orders: PyTorch
+/// ends at 0.969 test accuracy there (WORKLOADS.md). Float32 trajectories of two correct
+/// implementations drift apart (≈1e-4 after 3 epochs, growing), so the last epochs are not
+/// reproduced number for number; the test accepts any final accuracy within 0.02 (≈7 images, the
+/// epoch-to-epoch fluctuation of W1 without a schedule) of PyTorch's. Ignored by default: it is a
+/// 30-epoch run (about 40 s on 2 idle cores); run it with `--ignored`.
+#[test]
+#[ignore]
+fn thirty_epochs_from_the_peer_start_end_near_pytorch() {
+    let (f, _) = fixture();
+    let mut config = TrainConfig::w1();
+    config.diagnostics = false;
+    let model =
+        Vit::from_tensors(config.model.clone(), &f.weights, DType::F32, &Device::Cpu).unwrap();
+    let mut trainer = Trainer::new(config, model, Device::Cpu).unwrap();
+    let mut accs = Vec::new();
+    for epoch in &f.batch_orders {
+        for idx in epoch {
+            trainer
+                .train_step(&f.train.batch(idx, &Device::Cpu).unwrap())
+                .unwrap();
+        }
+        accs.push(trainer.evaluate(&f.test, 512).unwrap().accuracy);
+    }
+    eprintln!("test accuracy per epoch: {accs:?}");
+    let last = *accs.last().unwrap();
+    assert!(
+        (last - 0.969).abs() <= 0.02,
+        "final test accuracy {last} vs PyTorch 0.969"
+    );
+}

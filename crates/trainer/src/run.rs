@@ -582,7 +582,8 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
                 },
                 other => other,
             })?;
-            train_seconds += t0.elapsed().as_secs_f64();
+            // Pure training time: the second-order measurement is a diagnostic, not part of a step.
+            train_seconds += t0.elapsed().as_secs_f64() - outcome.times.second_order;
             train_steps_timed += 1;
             loss_sum += outcome.loss;
             correct += outcome.correct;
@@ -670,28 +671,11 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
     progress.bar.finish_and_clear();
     let completed = end_epoch;
     let wall = wall_before + run_start.elapsed().as_secs_f64();
-    if completed < config.epochs {
-        // Stopped early on request: no summary yet, the run is resumable.
-        return Ok(Summary {
-            final_test_accuracy: last_eval.accuracy,
-            best_test_accuracy: best,
-            final_test_loss: last_eval.loss,
-            final_train_loss: last_train_loss,
-            epochs: completed,
-            steps: trainer.step,
-            wall_seconds: wall,
-            steps_per_second: trainer.step as f64 / train_seconds.max(1e-9),
-            seconds_to_95pct: to95,
-            peak_memory_mib: peak_memory_mib(),
-            optimizer: config.optimizer.to_string(),
-            diagnostics: Value::Null,
-        });
-    }
-    if train_steps_timed == 0 {
+    let finished = completed == config.epochs;
+    if finished && train_steps_timed == 0 {
         // Resumed a finished run: report from the last checkpoint's evaluation.
         last_eval = trainer.evaluate(&data.test, 512)?;
     }
-    let diag_summary = diagnostics.finish(&trainer, out)?;
     let summary = Summary {
         final_test_accuracy: last_eval.accuracy,
         best_test_accuracy: best,
@@ -704,8 +688,17 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         seconds_to_95pct: to95,
         peak_memory_mib: peak_memory_mib(),
         optimizer: config.optimizer.to_string(),
-        diagnostics: diag_summary,
+        // Stopped early on request: no diagnostics summary and no summary.json yet; the run is
+        // resumable.
+        diagnostics: if finished {
+            diagnostics.finish(&trainer, out)?
+        } else {
+            Value::Null
+        },
     };
+    if !finished {
+        return Ok(summary);
+    }
     write_json(&out.join("summary.json"), &summary)?;
     if !options.quiet {
         eprintln!(
