@@ -123,7 +123,16 @@ fn metrics_of(
     h: usize,
 ) -> Result<KernelMetrics> {
     let t = p.tokens() as f64;
-    let st = p.stationary(opts.stationary)?;
+    let mut st = p.stationary(opts.stationary)?;
+    if st.pi.iter().any(|x| !x.is_finite()) {
+        // The direct solve can break down on kernels whose probabilities underflowed to exact
+        // zeros in f32 (many closed classes, a singular absorption system); the power iteration
+        // from the uniform start always yields a probability vector, with its residual reported.
+        st = p.stationary(StationaryMethod::Power {
+            tol: 1e-12,
+            max_iter: 100_000,
+        })?;
+    }
     let pi = &st.pi;
     let lambda2_abs = p
         .second_eigenvalue_modulus()

@@ -137,9 +137,33 @@ impl KfacSettings {
         if solver == Solver::Inverse {
             c.damping_kind = bmt_kfac::DampingKind::Factored;
         }
-        c.validate().map_err(|e| TrainError::Config {
-            flag: "--damping",
-            msg: e.to_string(),
+        if !(self.kl_clip >= 0.0 && self.kl_clip.is_finite()) {
+            return Err(TrainError::Config {
+                flag: "--kl-clip",
+                msg: format!(
+                    "{} is not a KL-clipping constant: use a finite value > 0, or 0 to disable clipping",
+                    self.kl_clip
+                ),
+            });
+        }
+        c.validate().map_err(|e| {
+            let flag = match &e {
+                bmt_kfac::KfacError::InvalidConfig { name, .. } => match *name {
+                    "k_fac" => "--k-fac",
+                    "k_inv" => "--k-inv",
+                    "cg_tol" => "--cg-tol",
+                    "cg_max_iters" => "--cg-max-iters",
+                    "kl_clip" => "--kl-clip",
+                    "lr" => "--lr",
+                    "momentum" => "--momentum",
+                    _ => "--damping",
+                },
+                _ => "--kfac-solver",
+            };
+            TrainError::Config {
+                flag,
+                msg: e.to_string(),
+            }
         })?;
         Ok(c)
     }

@@ -454,6 +454,17 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
                 msg,
             })?;
         let latest = checkpoint::load_latest(out)?;
+        if let Some((_, meta)) = &latest {
+            if config.epochs < meta.epoch {
+                return Err(TrainError::Config {
+                    flag: "--epochs",
+                    msg: format!(
+                        "{} is below the {} epochs this run has already done: give the new total, at least {}",
+                        config.epochs, meta.epoch, meta.epoch
+                    ),
+                });
+            }
+        }
         if latest.is_none() {
             return Err(TrainError::Resume {
                 dir: out.to_path_buf(),
@@ -475,6 +486,19 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             ),
         });
     }
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let model = match &config.init {
+        Some(path) => {
+            let w = crate::fixture::load_weights(path, &config.model, config.init_in_out).map_err(
+                |e| TrainError::Config {
+                    flag: "--init",
+                    msg: e.to_string(),
+                },
+            )?;
+            Vit::from_tensors(config.model.clone(), &w, DType::F32, &device)?
+        }
+        None => Vit::init(config.model.clone(), &mut rng, DType::F32, &device)?,
+    };
     if !options.resume && !checkpoint::list(out)?.is_empty() {
         return Err(TrainError::Config {
             flag: "--out",
@@ -488,14 +512,6 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
     fs::create_dir_all(out).map_err(io_err(out))?;
     write_json(&out.join("config.json"), &config)?;
 
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let model = match &config.init {
-        Some(path) => {
-            let w = crate::fixture::load_weights(path, &config.model, config.init_in_out)?;
-            Vit::from_tensors(config.model.clone(), &w, DType::F32, &device)?
-        }
-        None => Vit::init(config.model.clone(), &mut rng, DType::F32, &device)?,
-    };
     let mut trainer = Trainer::new(config.clone(), model, device.clone())?;
     let metrics_path = out.join("metrics.jsonl");
     let mut diagnostics = Diagnostics::new(&config, &data.test, &device)?;

@@ -118,6 +118,11 @@ struct TrainArgs {
 fn train(a: TrainArgs) -> anyhow::Result<()> {
     bmt_trainer::device::set_cpu_threads(a.threads)?;
     if let Some(dir) = a.resume {
+        if let Some(flag) = changed_on_resume() {
+            anyhow::bail!(
+                "invalid {flag}: a resumed run keeps the settings in its config.json; only --epochs, --threads and --quiet may be given with --resume"
+            );
+        }
         let mut config = read_config(&dir)?;
         if let Some(e) = a.epochs {
             config.epochs = e;
@@ -228,14 +233,34 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The first flag given on the command line besides those a resume may change.
+fn changed_on_resume() -> Option<String> {
+    use clap::{parser::ValueSource, CommandFactory};
+    let matches = Cli::command().try_get_matches().ok()?;
+    let (_, sub) = matches.subcommand()?;
+    let allowed = ["resume", "epochs", "threads", "quiet"];
+    sub.ids()
+        .map(|id| id.as_str())
+        // The derive adds an argument group named after the struct; only real flags count.
+        .filter(|id| !allowed.contains(id) && *id != "TrainArgs")
+        .find(|id| sub.value_source(id) == Some(ValueSource::CommandLine))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
             // One line, exit code 1, like every other error of this command.
+            // clap's message: "error: …" possibly continued on indented lines, then usage.
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid command line");
-            eprintln!("{first} (see `bmt train --help`)");
+            let text: Vec<&str> = msg
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("{} (see `bmt train --help`)", text.join(" "));
             return ExitCode::FAILURE;
         }
         Err(e) => e.exit(),
