@@ -91,6 +91,17 @@ fn six_epochs_equal_three_plus_three_and_beat_chance() {
     .unwrap();
     assert_eq!(resumed.steps, 6 * 22);
     assert_eq!(metrics_without_time(&full), metrics_without_time(&split));
+    // summary.json too, its diagnostics summary included (restored from the checkpoint's JSON
+    // metadata: f64 values must round-trip exactly), without the timing fields.
+    let summary_of = |d: &Path| {
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap();
+        strip_time(&mut v);
+        let m = v.as_object_mut().unwrap();
+        m.remove("steps_per_second");
+        m.remove("peak_memory_mib");
+        v
+    };
+    assert_eq!(summary_of(&full), summary_of(&split));
     assert_eq!(summary.final_test_accuracy, resumed.final_test_accuracy);
     let a = bmt_trainer::checkpoint::load_latest(&full)
         .unwrap()
