@@ -94,7 +94,9 @@ fn six_epochs_equal_three_plus_three_and_beat_chance() {
     // summary.json too, its diagnostics summary included (restored from the checkpoint's JSON
     // metadata: f64 values must round-trip exactly), without the timing fields.
     let summary_of = |d: &Path| {
-        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap()).unwrap();
+        let mut v: Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap())
+                .unwrap();
         strip_time(&mut v);
         let m = v.as_object_mut().unwrap();
         m.remove("steps_per_second");
