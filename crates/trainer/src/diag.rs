@@ -237,7 +237,6 @@ impl Diagnostics {
     fn brownian(&self, model: &Vit) -> Result<Value> {
         let n = model.config().dim;
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0xB0_0B);
-        let err = diag_err("brownian");
         // Training clock: per LayerNorm, members = probe tokens, time = snapshots.
         let mut training = Map::new();
         for (name, snaps) in &self.traj {
@@ -263,7 +262,6 @@ impl Diagnostics {
                 .unwrap_or_else(|e| json!({ "error": e.to_string() }));
             training.insert(name.clone(), value);
         }
-        let _ = &err;
         // Depth clock: every probe token's residual stream after each block, normalised by the
         // final LayerNorm (pre-affine) onto the sphere of radius √n.
         let depth = match &self.probe {
