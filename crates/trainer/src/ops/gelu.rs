@@ -4,12 +4,10 @@
 //! `powf` calls and a second `tanh`; on W1 those elementwise passes cost more than the MLP's matmuls
 //! (profiled: `tanhf`/`expm1f`/`powf` took about a quarter of a training step).
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
-use super::kernels::{contiguous_slice, Real};
-use super::layer_norm::check_pair;
-use super::{check_rank, fused_supported, OpsError};
+use super::kernels::{self, Real, RowKernel1, RowKernel2};
+use super::{check_rank, fused_supported};
 
 const FWD_NAME: &str = "fused-gelu-tanh";
 const BWD_NAME: &str = "fused-gelu-tanh-bwd";
@@ -82,28 +80,19 @@ fn gelu_bwd<T: Real>(x: &[T], dy: &[T]) -> Vec<T> {
 
 struct GeluFwd;
 
+impl RowKernel1 for GeluFwd {
+    fn apply<T: Real>(&self, x: &[T], _row: usize) -> Vec<T> {
+        gelu_fwd(x)
+    }
+}
+
 impl CustomOp1 for GeluFwd {
     fn name(&self) -> &'static str {
         FWD_NAME
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match s.dtype() {
-            DType::F32 => {
-                f32::to_cpu_storage_owned(gelu_fwd(contiguous_slice::<f32>(s, l, FWD_NAME)?))
-            }
-            DType::F64 => {
-                f64::to_cpu_storage_owned(gelu_fwd(contiguous_slice::<f64>(s, l, FWD_NAME)?))
-            }
-            dtype => {
-                return Err(OpsError::UnsupportedDType {
-                    op: FWD_NAME,
-                    dtype,
-                }
-                .into())
-            }
-        };
-        Ok((out, l.shape().clone()))
+        kernels::run_kernel1(FWD_NAME, self, s, l)
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -113,6 +102,12 @@ impl CustomOp1 for GeluFwd {
 
 /// Backward op over `(x, dy)` returning `dx`.
 struct GeluBwd;
+
+impl RowKernel2 for GeluBwd {
+    fn apply<T: Real>(&self, x: &[T], dy: &[T], _row: usize) -> Vec<T> {
+        gelu_bwd(x, dy)
+    }
+}
 
 impl CustomOp2 for GeluBwd {
     fn name(&self) -> &'static str {
@@ -126,25 +121,7 @@ impl CustomOp2 for GeluBwd {
         sg: &CpuStorage,
         lg: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        check_pair(BWD_NAME, sx, lx, sg, lg)?;
-        let out = match sx.dtype() {
-            DType::F32 => f32::to_cpu_storage_owned(gelu_bwd(
-                contiguous_slice::<f32>(sx, lx, BWD_NAME)?,
-                contiguous_slice::<f32>(sg, lg, BWD_NAME)?,
-            )),
-            DType::F64 => f64::to_cpu_storage_owned(gelu_bwd(
-                contiguous_slice::<f64>(sx, lx, BWD_NAME)?,
-                contiguous_slice::<f64>(sg, lg, BWD_NAME)?,
-            )),
-            dtype => {
-                return Err(OpsError::UnsupportedDType {
-                    op: BWD_NAME,
-                    dtype,
-                }
-                .into())
-            }
-        };
-        Ok((out, lx.shape().clone()))
+        kernels::run_kernel2(BWD_NAME, self, sx, lx, sg, lg)
     }
 }
 

@@ -1,9 +1,9 @@
 //! LayerNorm without its affine part, `y = (x − μ)/sqrt(σ² + ε)` over the last dimension.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
 
-use super::kernels::{self, contiguous_slice, Real};
+use super::kernels::{self, Real, RowKernel1, RowKernel2};
 use super::{check_rank, fused_supported, OpsError};
 
 const FWD_NAME: &str = "fused-layer-norm-normalize";
@@ -48,21 +48,14 @@ fn check_eps(eps: f64) -> candle_core::Result<()> {
     Ok(())
 }
 
-/// Length of the last dimension (the public functions guarantee rank ≥ 1).
-fn row_len(shape: &Shape) -> usize {
-    shape.dims().last().copied().unwrap_or(1)
-}
-
 /// Forward op; its `bwd` applies [`LayerNormBwd`] to `(x, dy)`.
 struct LayerNormFwd {
     eps: f64,
 }
 
-impl LayerNormFwd {
-    fn run<T: Real>(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
-        let x = contiguous_slice::<T>(s, l, FWD_NAME)?;
-        let y = kernels::layer_norm_fwd(x, row_len(l.shape()), self.eps);
-        Ok(T::to_cpu_storage_owned(y))
+impl RowKernel1 for LayerNormFwd {
+    fn apply<T: Real>(&self, x: &[T], row: usize) -> Vec<T> {
+        kernels::layer_norm_fwd(x, row, self.eps)
     }
 }
 
@@ -72,18 +65,7 @@ impl CustomOp1 for LayerNormFwd {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match s.dtype() {
-            DType::F32 => self.run::<f32>(s, l)?,
-            DType::F64 => self.run::<f64>(s, l)?,
-            dtype => {
-                return Err(OpsError::UnsupportedDType {
-                    op: FWD_NAME,
-                    dtype,
-                }
-                .into())
-            }
-        };
-        Ok((out, l.shape().clone()))
+        kernels::run_kernel1(FWD_NAME, self, s, l)
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -98,18 +80,9 @@ struct LayerNormBwd {
     eps: f64,
 }
 
-impl LayerNormBwd {
-    fn run<T: Real>(
-        &self,
-        sx: &CpuStorage,
-        lx: &Layout,
-        sg: &CpuStorage,
-        lg: &Layout,
-    ) -> candle_core::Result<CpuStorage> {
-        let x = contiguous_slice::<T>(sx, lx, BWD_NAME)?;
-        let dy = contiguous_slice::<T>(sg, lg, BWD_NAME)?;
-        let dx = kernels::layer_norm_bwd(x, dy, row_len(lx.shape()), self.eps);
-        Ok(T::to_cpu_storage_owned(dx))
+impl RowKernel2 for LayerNormBwd {
+    fn apply<T: Real>(&self, x: &[T], dy: &[T], row: usize) -> Vec<T> {
+        kernels::layer_norm_bwd(x, dy, row, self.eps)
     }
 }
 
@@ -125,19 +98,7 @@ impl CustomOp2 for LayerNormBwd {
         sg: &CpuStorage,
         lg: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        check_pair(BWD_NAME, sx, lx, sg, lg)?;
-        let out = match sx.dtype() {
-            DType::F32 => self.run::<f32>(sx, lx, sg, lg)?,
-            DType::F64 => self.run::<f64>(sx, lx, sg, lg)?,
-            dtype => {
-                return Err(OpsError::UnsupportedDType {
-                    op: BWD_NAME,
-                    dtype,
-                }
-                .into())
-            }
-        };
-        Ok((out, lx.shape().clone()))
+        kernels::run_kernel2(BWD_NAME, self, sx, lx, sg, lg)
     }
 }
 
@@ -171,7 +132,7 @@ pub(super) fn check_pair(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     #[test]
     fn rejects_bad_eps_and_scalars() {

@@ -1,11 +1,9 @@
 //! Softmax over the last dimension.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
 
-use super::kernels::{self, contiguous_slice, Real};
-use super::layer_norm::check_pair;
-use super::{check_rank, fused_supported, OpsError};
+use super::kernels::{self, Real, RowKernel1, RowKernel2};
+use super::{check_rank, fused_supported};
 
 const FWD_NAME: &str = "fused-softmax-last-dim";
 const BWD_NAME: &str = "fused-softmax-last-dim-bwd";
@@ -41,18 +39,13 @@ fn composite(x: &Tensor) -> candle_core::Result<Tensor> {
     e.broadcast_div(&sum)
 }
 
-/// Length of the last dimension (the public functions guarantee rank ≥ 1).
-fn row_len(shape: &Shape) -> usize {
-    shape.dims().last().copied().unwrap_or(1)
-}
-
 /// Forward op; its `bwd` applies [`SoftmaxBwd`] to `(y, dy)`.
 struct SoftmaxFwd;
 
-fn run_fwd<T: Real>(s: &CpuStorage, l: &Layout) -> candle_core::Result<CpuStorage> {
-    let x = contiguous_slice::<T>(s, l, FWD_NAME)?;
-    let y = kernels::softmax_fwd(x, row_len(l.shape()));
-    Ok(T::to_cpu_storage_owned(y))
+impl RowKernel1 for SoftmaxFwd {
+    fn apply<T: Real>(&self, x: &[T], row: usize) -> Vec<T> {
+        kernels::softmax_fwd(x, row)
+    }
 }
 
 impl CustomOp1 for SoftmaxFwd {
@@ -61,18 +54,7 @@ impl CustomOp1 for SoftmaxFwd {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = match s.dtype() {
-            DType::F32 => run_fwd::<f32>(s, l)?,
-            DType::F64 => run_fwd::<f64>(s, l)?,
-            dtype => {
-                return Err(OpsError::UnsupportedDType {
-                    op: FWD_NAME,
-                    dtype,
-                }
-                .into())
-            }
-        };
-        Ok((out, l.shape().clone()))
+        kernels::run_kernel1(FWD_NAME, self, s, l)
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -85,16 +67,10 @@ impl CustomOp1 for SoftmaxFwd {
 /// raise `BackwardNotSupported`).
 struct SoftmaxBwd;
 
-fn run_bwd<T: Real>(
-    sy: &CpuStorage,
-    ly: &Layout,
-    sg: &CpuStorage,
-    lg: &Layout,
-) -> candle_core::Result<CpuStorage> {
-    let y = contiguous_slice::<T>(sy, ly, BWD_NAME)?;
-    let dy = contiguous_slice::<T>(sg, lg, BWD_NAME)?;
-    let dx = kernels::softmax_bwd(y, dy, row_len(ly.shape()));
-    Ok(T::to_cpu_storage_owned(dx))
+impl RowKernel2 for SoftmaxBwd {
+    fn apply<T: Real>(&self, y: &[T], dy: &[T], row: usize) -> Vec<T> {
+        kernels::softmax_bwd(y, dy, row)
+    }
 }
 
 impl CustomOp2 for SoftmaxBwd {
@@ -109,26 +85,14 @@ impl CustomOp2 for SoftmaxBwd {
         sg: &CpuStorage,
         lg: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        check_pair(BWD_NAME, sy, ly, sg, lg)?;
-        let out = match sy.dtype() {
-            DType::F32 => run_bwd::<f32>(sy, ly, sg, lg)?,
-            DType::F64 => run_bwd::<f64>(sy, ly, sg, lg)?,
-            dtype => {
-                return Err(OpsError::UnsupportedDType {
-                    op: BWD_NAME,
-                    dtype,
-                }
-                .into())
-            }
-        };
-        Ok((out, ly.shape().clone()))
+        kernels::run_kernel2(BWD_NAME, self, sy, ly, sg, lg)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     #[test]
     fn rejects_scalars() {
