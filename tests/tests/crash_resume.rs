@@ -14,6 +14,9 @@
 //! nested build runs; a nested build of the lone package could otherwise compile the
 //! dependencies once more with another feature set.
 
+mod common;
+use common::{json_without_time, metrics_without_time};
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -22,7 +25,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::Value;
 
 /// Epochs of every run here: 4 × 22 steps of W1, about 3 s per epoch on one loaded core.
 const EPOCHS: usize = 4;
@@ -142,40 +144,6 @@ fn reference() -> &'static (PathBuf, Duration) {
         );
         (dir, t.elapsed())
     })
-}
-
-fn strip_time(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            m.retain(|k, _| {
-                !k.contains("seconds")
-                    && !k.ends_with("_s")
-                    && k != "steps_per_second"
-                    && k != "peak_memory_mib"
-            });
-            m.values_mut().for_each(strip_time);
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip_time),
-        _ => {}
-    }
-}
-
-fn metrics_without_time(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(l).unwrap();
-            strip_time(&mut v);
-            v
-        })
-        .collect()
-}
-
-fn json_without_time(path: &Path) -> Value {
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    strip_time(&mut v);
-    v
 }
 
 fn checkpoint_files(dir: &Path) -> Vec<String> {

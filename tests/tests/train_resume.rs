@@ -10,34 +10,13 @@ use bmt_trainer::run::{run, RunOptions};
 use candle_core::{DType, Device};
 use serde_json::Value;
 
+mod common;
+use common::{json_without_time, metrics_without_time};
+
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("bmt-e2e-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-/// The metrics of a run with the wall-clock fields removed (they differ between any two runs).
-fn metrics_without_time(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: Value = serde_json::from_str(l).unwrap();
-            strip_time(&mut v);
-            v
-        })
-        .collect()
-}
-
-fn strip_time(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            m.retain(|k, _| !k.contains("seconds") && !k.ends_with("_s"));
-            m.values_mut().for_each(strip_time);
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip_time),
-        _ => {}
-    }
 }
 
 /// A 6-epoch run, and a 3-epoch run resumed for 3 more, give identical metrics and weights; the
@@ -93,17 +72,10 @@ fn six_epochs_equal_three_plus_three_and_beat_chance() {
     assert_eq!(metrics_without_time(&full), metrics_without_time(&split));
     // summary.json too, its diagnostics summary included (restored from the checkpoint's JSON
     // metadata: f64 values must round-trip exactly), without the timing fields.
-    let summary_of = |d: &Path| {
-        let mut v: Value =
-            serde_json::from_str(&std::fs::read_to_string(d.join("summary.json")).unwrap())
-                .unwrap();
-        strip_time(&mut v);
-        let m = v.as_object_mut().unwrap();
-        m.remove("steps_per_second");
-        m.remove("peak_memory_mib");
-        v
-    };
-    assert_eq!(summary_of(&full), summary_of(&split));
+    assert_eq!(
+        json_without_time(&full.join("summary.json")),
+        json_without_time(&split.join("summary.json"))
+    );
     assert_eq!(summary.final_test_accuracy, resumed.final_test_accuracy);
     let a = bmt_trainer::checkpoint::load_latest(&full)
         .unwrap()
