@@ -171,7 +171,7 @@ fn divergence_at_an_epoch_end_leaves_no_nan_checkpoint_or_metric() {
 
 fn w1_trainer(config: TrainConfig) -> Trainer {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let model = Vit::init(config.model.clone(), &mut rng, DType::F32, &Device::Cpu).unwrap();
+    let model = Transformer::init(config.model.clone(), &mut rng, DType::F32, &Device::Cpu).unwrap();
     Trainer::new(config, model, Device::Cpu).unwrap()
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use bmt_trainer::config::TrainConfig;
 use bmt_trainer::data::Dataset;
 use bmt_trainer::fixture::{load_peer_fixture, PeerFixture};
-use bmt_trainer::model::{cross_entropy, Vit};
+use bmt_trainer::model::{cross_entropy, Transformer};
 use bmt_trainer::run::Trainer;
 use candle_core::{DType, Device};
 use serde_json::Value;
@@ -40,7 +40,7 @@ fn step0_loss_logits_and_accuracy_match_the_references() {
         .map(|v| v.as_f64().unwrap())
         .collect();
     for (dtype, tol) in [(DType::F64, 1e-9), (DType::F32, 1e-5)] {
-        let model = Vit::from_tensors(
+        let model = Transformer::from_tensors(
             bmt_trainer::model::VitConfig::w1(),
             &f.weights,
             dtype,
@@ -96,7 +96,7 @@ fn first_three_epochs_match_pytorch() {
     let mut config = TrainConfig::w1();
     config.diagnostics = false;
     let model =
-        Vit::from_tensors(config.model.clone(), &f.weights, DType::F32, &Device::Cpu).unwrap();
+        Transformer::from_tensors(config.model.clone(), &f.weights, DType::F32, &Device::Cpu).unwrap();
     let mut trainer = Trainer::new(config, model, Device::Cpu).unwrap();
     for (e, want) in r["pytorch_epochs"].as_array().unwrap().iter().enumerate() {
         let mut sum = 0.0;
@@ -135,7 +135,7 @@ fn thirty_epochs_from_the_peer_start_end_near_pytorch() {
     let mut config = TrainConfig::w1();
     config.diagnostics = false;
     let model =
-        Vit::from_tensors(config.model.clone(), &f.weights, DType::F32, &Device::Cpu).unwrap();
+        Transformer::from_tensors(config.model.clone(), &f.weights, DType::F32, &Device::Cpu).unwrap();
     let mut trainer = Trainer::new(config, model, Device::Cpu).unwrap();
     let mut accs = Vec::new();
     for epoch in &f.batch_orders {

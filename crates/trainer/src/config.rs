@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-use crate::model::VitConfig;
+use crate::model::{GptConfig, ModelConfig, VitConfig};
 
 /// The optimizer family of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -36,14 +36,14 @@ impl std::fmt::Display for OptimizerKind {
 /// metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// Data source (`digits`, `mnist:DIR`, `cifar10:DIR`).
+    /// Data source (`digits`, `mnist:DIR`, `cifar10:DIR`, `text:FILE`).
     pub data: String,
-    /// Seed of the train/test split (digits; ignored by sets with a fixed split).
+    /// Seed of the train/test split (digits, text; ignored by sets with a fixed split).
     pub split_seed: u64,
     /// Seed of initialisation, shuffling and Monte-Carlo sampling.
     pub seed: u64,
     /// Architecture.
-    pub model: VitConfig,
+    pub model: ModelConfig,
     /// Optimizer family.
     pub optimizer: OptimizerKind,
     /// Learning rate.
@@ -81,7 +81,7 @@ impl TrainConfig {
             data: "digits".into(),
             split_seed: 0,
             seed: 0,
-            model: VitConfig::w1(),
+            model: VitConfig::w1().into(),
             optimizer: OptimizerKind::Adamw,
             lr: 1e-3,
             momentum: 0.9,
@@ -95,6 +95,17 @@ impl TrainConfig {
             init: None,
             init_in_out: false,
             kfac: None,
+        }
+    }
+
+    /// W2: the byte-level GPT with AdamW as in W1 (batch 16) on `text:FILE`, one epoch.
+    pub fn w2(file: &str) -> Self {
+        Self {
+            data: format!("text:{file}"),
+            model: GptConfig::w2().into(),
+            batch_size: 16,
+            epochs: 1,
+            ..Self::w1()
         }
     }
 
@@ -182,15 +193,18 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.model.parameter_count(), 136_138);
         assert_eq!(c.model.tokens(), 17);
+        TrainConfig::w2("README.md").validate().unwrap();
     }
 
     #[test]
     fn impossible_settings_name_their_flag() {
         let mut c = TrainConfig::w1();
-        c.model.heads = 5;
+        let ModelConfig::Vit(v) = &mut c.model else { unreachable!() };
+        v.heads = 5;
         assert!(c.validate().unwrap_err().to_string().contains("--heads"));
         let mut c = TrainConfig::w1();
-        c.model.patch = 3;
+        let ModelConfig::Vit(v) = &mut c.model else { unreachable!() };
+        v.patch = 3;
         assert!(c.validate().unwrap_err().to_string().contains("--patch"));
         let mut c = TrainConfig::w1();
         c.batch_size = 0;

@@ -10,8 +10,10 @@
 //!   residual stream after every block, put on the sphere by the final LayerNorm), analysed at the
 //!   end of the run into `brownian.json`.
 //!
-//! The probe batch is the first [`PROBE_SIZE`] test images; the training-clock ensemble is the
-//! tokens of the first [`TRAJ_IMAGES`] of them.
+//! The probe batch is the first [`PROBE_SIZE`] test images (for the GPT: the first validation
+//! windows holding at most `PROBE_SIZE · 17` tokens, at least one); the training-clock ensemble is
+//! the tokens of the first [`TRAJ_IMAGES`] of them (for the GPT: the first `TRAJ_IMAGES · 17`
+//! positions of the first window, a causal model being defined on every prefix).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,15 +26,18 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Map, Value};
 
 use crate::config::TrainConfig;
-use crate::data::{Batch, Dataset, ImageSet};
+use crate::data::{Batch, Dataset};
 use crate::error::{Result, TrainError};
-use crate::model::Vit;
+use crate::model::Transformer;
 use crate::run::{MetricsFile, StepOutcome, Trainer};
 
 /// Images in the probe batch.
 pub const PROBE_SIZE: usize = 64;
 /// Images whose tokens form the training-clock ensemble.
 pub const TRAJ_IMAGES: usize = 8;
+/// Tokens of one W1 image; with [`PROBE_SIZE`] and [`TRAJ_IMAGES`] it sets the token budgets
+/// of the probes of models with longer sequences.
+const W1_TOKENS: usize = 17;
 /// Training-clock snapshots are taken every this many optimizer steps.
 pub const TRAJ_EVERY: usize = 10;
 /// Cosine threshold of the ε-clusters: tokens with `x̂_i·x̂_j > 1 − ε` are linked.
@@ -79,12 +84,19 @@ pub struct Diagnostics {
 
 impl Diagnostics {
     /// Sets up the diagnostics for `config`, with the probe batch taken from `test`.
-    pub fn new(config: &TrainConfig, test: &ImageSet, device: &Device) -> Result<Self> {
+    pub fn new(config: &TrainConfig, test: &dyn Dataset, device: &Device) -> Result<Self> {
         let (probe, traj_probe) = if config.diagnostics {
-            let n = test.len().min(PROBE_SIZE);
-            let idx: Vec<usize> = (0..n).collect();
-            let p = test.batch(&idx, device)?.inputs;
-            let t = p.narrow(0, 0, n.min(TRAJ_IMAGES))?;
+            let tokens = config.model.tokens();
+            let candidates = test.eval_indices();
+            let n = candidates
+                .len()
+                .min((PROBE_SIZE * W1_TOKENS / tokens).clamp(1, PROBE_SIZE));
+            let p = test.batch(&candidates[..n], device)?.inputs;
+            let traj_budget = TRAJ_IMAGES * W1_TOKENS;
+            let mut t = p.narrow(0, 0, n.min((traj_budget / tokens).max(1)))?;
+            if config.model.causal() && tokens > traj_budget {
+                t = t.narrow(1, 0, traj_budget)?;
+            }
             (Some(p), Some(t))
         } else {
             (None, None)
@@ -104,7 +116,7 @@ impl Diagnostics {
     }
 
     /// Before the first step of a fresh run: the training clock's first snapshot (step 0).
-    pub fn on_start(&mut self, model: &Vit, _metrics: &mut MetricsFile) -> Result<()> {
+    pub fn on_start(&mut self, model: &Transformer, _metrics: &mut MetricsFile) -> Result<()> {
         if self.enabled {
             self.snapshot(model, 0)?;
         }
@@ -128,7 +140,7 @@ impl Diagnostics {
         Ok(())
     }
 
-    fn snapshot(&mut self, model: &Vit, step: usize) -> Result<()> {
+    fn snapshot(&mut self, model: &Transformer, step: usize) -> Result<()> {
         let Some(x) = &self.traj_probe else {
             return Ok(());
         };
@@ -234,8 +246,8 @@ impl Diagnostics {
         }))
     }
 
-    fn brownian(&self, model: &Vit) -> Result<Value> {
-        let n = model.config().dim;
+    fn brownian(&self, model: &Transformer) -> Result<Value> {
+        let n = model.config().dim();
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0xB0_0B);
         // Training clock: per LayerNorm, members = probe tokens, time = snapshots.
         let mut training = Map::new();
@@ -267,7 +279,7 @@ impl Diagnostics {
         let depth = match &self.probe {
             Some(probe) => {
                 let (_, trace) = model.forward_traced(probe)?;
-                let eps = model.config().ln_eps;
+                let eps = model.config().ln_eps();
                 let mut layers = Vec::new();
                 for h in &trace.residual {
                     let y = crate::ops::layer_norm_normalize(h, eps)?.to_dtype(DType::F64)?;
@@ -299,14 +311,24 @@ impl Diagnostics {
             }
             None => Value::Null,
         };
+        let traj_shape = self
+            .traj_probe
+            .as_ref()
+            .map_or((0, 0), |t| (t.dims()[0], t.dims().get(1).copied().unwrap_or(0)));
+        let traj_shape = if model.config().causal() {
+            traj_shape
+        } else {
+            (traj_shape.0, model.config().tokens())
+        };
+        let probe_sequences = self.probe.as_ref().map_or(0, |p| p.dims()[0]);
         Ok(json!({
             "clock_training": {
-                "description": format!("probe tokens ({} images × {} tokens) at each LayerNorm's pre-affine output, every {} optimizer steps; D per optimizer step on S^(n-2)(√n)", TRAJ_IMAGES, model.config().tokens(), TRAJ_EVERY),
+                "description": format!("probe tokens ({} sequences × {} tokens) at each LayerNorm's pre-affine output, every {} optimizer steps; D per optimizer step on S^(n-2)(√n)", traj_shape.0, traj_shape.1, TRAJ_EVERY),
                 "snapshot_steps": self.traj_steps,
                 "layers": training,
             },
             "clock_depth": {
-                "description": format!("each of {} probe images' tokens: the residual stream after the embedding and every block, normalised by the final LayerNorm (pre-affine); D per block", PROBE_SIZE),
+                "description": format!("each of {} probe sequences' tokens: the residual stream after the embedding and every block, normalised by the final LayerNorm (pre-affine); D per block", probe_sequences),
                 "report": depth,
             },
             "generator_convention": "D with generator DΔ: E[cos θ(τ)] = exp(-(n-1) D τ) on the unit sphere, scaled by r²",

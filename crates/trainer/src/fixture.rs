@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::data::ImageSet;
 use crate::error::{io_err, Result, TrainError};
-use crate::model::{parameter_shapes, VitConfig};
+use crate::model::{parameter_shapes, ModelConfig, VitConfig};
 
 /// Reads model weights from a safetensors file for `config`.
 ///
@@ -19,7 +19,7 @@ use crate::model::{parameter_shapes, VitConfig};
 /// (`*.w` of rank 2) are stored `(in, out)` and are transposed to Candle's `(out, in)`.
 pub fn load_weights(
     path: &Path,
-    config: &VitConfig,
+    config: &ModelConfig,
     in_out: bool,
 ) -> Result<BTreeMap<String, Tensor>> {
     let all = read_all(path)?;
@@ -111,7 +111,7 @@ pub fn load_peer_fixture(path: &Path) -> Result<PeerFixture> {
             ),
         })
     };
-    let weights = load_weights(path, &VitConfig::w1(), true)?;
+    let weights = load_weights(path, &VitConfig::w1().into(), true)?;
     let train = image_set(&get("data.train_images")?, &get("data.train_labels")?)?;
     let test = image_set(&get("data.test_images")?, &get("data.test_labels")?)?;
     let orders = get("data.batch_orders")?.to_dtype(DType::I64)?;

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use crate::config::{OptimizerKind, TrainConfig};
 use crate::error::{Result, TrainError};
-use crate::model::{cross_entropy, Vit};
+use crate::model::{cross_entropy, ModelConfig, Transformer};
 
 /// Default learning rate of the outer SGD of `--optimizer kfac|cgfac`.
 pub const DEFAULT_LR: f64 = 0.1;
@@ -83,6 +83,17 @@ impl KfacSettings {
             others_lr: 1e-3,
             sharing: default_sharing(),
         }
+    }
+
+    /// The defaults of `kind` for the architecture `model`: as [`KfacSettings::defaults`], with
+    /// the expand weight-sharing setting for the GPT, whose loss is a sum over tokens (each
+    /// token's output a separate example), and reduce for the ViT, whose loss reads one token.
+    pub fn for_model(kind: OptimizerKind, model: &ModelConfig) -> Self {
+        let mut s = Self::defaults(kind);
+        if model.causal() {
+            s.sharing = "expand".into();
+        }
+        s
     }
 
     /// The crate's configuration for these settings; unknown names are errors naming the flag.
@@ -198,11 +209,11 @@ impl KfacRun {
 }
 
 /// Builds K-FAC (`--optimizer kfac`) or CG-FAC (`--optimizer cgfac`) for `model`.
-pub fn build(config: &TrainConfig, model: &Vit, adamw: AdamWConfig) -> Result<KfacRun> {
+pub fn build(config: &TrainConfig, model: &Transformer, adamw: AdamWConfig) -> Result<KfacRun> {
     let settings = config
         .kfac
         .clone()
-        .unwrap_or_else(|| KfacSettings::defaults(config.optimizer));
+        .unwrap_or_else(|| KfacSettings::for_model(config.optimizer, &config.model));
     let cfg = settings.to_config(config)?;
     let pre: Vec<PreconditionedLayer> = model
         .attention_and_mlp_layers()
@@ -231,7 +242,7 @@ pub fn build(config: &TrainConfig, model: &Vit, adamw: AdamWConfig) -> Result<Kf
     })
 }
 
-fn captures(model: &Vit, layers: &[String], grads: &GradStore) -> Result<Vec<LayerCapture>> {
+fn captures(model: &Transformer, layers: &[String], grads: &GradStore) -> Result<Vec<LayerCapture>> {
     let mut out = Vec::with_capacity(layers.len());
     for l in model.attention_and_mlp_layers() {
         if let Some(c) = l.capture(grads)? {
@@ -246,7 +257,7 @@ fn captures(model: &Vit, layers: &[String], grads: &GradStore) -> Result<Vec<Lay
 /// the training backward (empirical Fisher) or from a Monte-Carlo backward.
 pub fn step(
     k: &mut KfacRun,
-    model: &Vit,
+    model: &Transformer,
     logits: &Tensor,
     grads: &GradStore,
     seed: u64,

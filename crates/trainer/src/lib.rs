@@ -6,6 +6,7 @@
 //! kernel ([`bmt_markov`]) and the Brownian motion of tokens ([`bmt_brownian`]).
 #![deny(missing_docs)]
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -18,6 +19,7 @@ pub mod model;
 pub mod ops;
 pub mod report;
 pub mod run;
+pub mod sample;
 pub mod second_order;
 
 pub use error::{Result, TrainError};

@@ -23,10 +23,10 @@ use serde_json::{json, Value};
 
 use crate::checkpoint::{self, CheckpointMeta};
 use crate::config::{OptimizerKind, TrainConfig};
-use crate::data::{Batch, DataSource, Dataset, ImageSet, Split};
+use crate::data::{Batch, DataSource, Dataset, ImageSet, Split, TextSet};
 use crate::diag::Diagnostics;
 use crate::error::{io_err, Result, TrainError};
-use crate::model::{correct_predictions, cross_entropy, Vit};
+use crate::model::{correct_predictions, cross_entropy, ModelConfig, Transformer};
 
 /// The optimizer of a run.
 pub enum RunOptimizer {
@@ -38,7 +38,7 @@ pub enum RunOptimizer {
 
 impl RunOptimizer {
     /// Builds the optimizer `config` asks for over `model`'s parameters.
-    pub fn new(config: &TrainConfig, model: &Vit) -> Result<Self> {
+    pub fn new(config: &TrainConfig, model: &Transformer) -> Result<Self> {
         let all = NamedParams::new(
             model
                 .parameters()
@@ -124,16 +124,23 @@ pub struct StepTimes {
 /// Loss and accuracy over a data set.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct Evaluation {
-    /// Mean cross-entropy.
+    /// Mean cross-entropy in nats per prediction (per image, or per byte for text).
     pub loss: f64,
-    /// Fraction of correct arg-max predictions.
+    /// Fraction of correct arg-max predictions (images, or next bytes).
     pub accuracy: f64,
+}
+
+impl Evaluation {
+    /// The loss in bits per prediction, `loss / ln 2`: bits per byte for a byte-level model.
+    pub fn bits(&self) -> f64 {
+        self.loss / std::f64::consts::LN_2
+    }
 }
 
 /// A model with its optimizer: one training step at a time.
 pub struct Trainer {
     /// The model.
-    pub model: Vit,
+    pub model: Transformer,
     /// The optimizer.
     pub optimizer: RunOptimizer,
     /// The configuration.
@@ -152,7 +159,7 @@ pub const SECOND_ORDER_EVERY: usize = 10;
 
 impl Trainer {
     /// A trainer for `model` with the optimizer of `config`.
-    pub fn new(config: TrainConfig, model: Vit, device: Device) -> Result<Self> {
+    pub fn new(config: TrainConfig, model: Transformer, device: Device) -> Result<Self> {
         let optimizer = RunOptimizer::new(&config, &model)?;
         let second_order_every = if config.diagnostics {
             SECOND_ORDER_EVERY
@@ -244,33 +251,44 @@ impl Trainer {
         })
     }
 
-    /// Loss and accuracy on `data`, in batches of `batch_size`.
+    /// Loss and accuracy over [`Dataset::eval_indices`] of `data`, in batches of `batch_size`
+    /// samples; every prediction (image or byte position) weighs the same.
     pub fn evaluate(&self, data: &dyn Dataset, batch_size: usize) -> Result<Evaluation> {
-        let n = data.len();
         let mut loss_sum = 0.0;
         let mut correct = 0usize;
-        let idx: Vec<usize> = (0..n).collect();
+        let mut predictions = 0usize;
+        let idx = data.eval_indices();
         for chunk in idx.chunks(batch_size.max(1)) {
             let b = data.batch(chunk, &self.device)?;
             let logits = self.model.forward(&b.inputs)?.detach();
+            let n = b.targets.elem_count();
             let loss = cross_entropy(&logits, &b.targets)?.to_scalar::<f32>()? as f64;
-            loss_sum += loss * chunk.len() as f64;
+            loss_sum += loss * n as f64;
             correct += correct_predictions(&logits, &b.targets)?;
+            predictions += n;
         }
         Ok(Evaluation {
-            loss: loss_sum / n.max(1) as f64,
-            accuracy: correct as f64 / n.max(1) as f64,
+            loss: loss_sum / predictions.max(1) as f64,
+            accuracy: correct as f64 / predictions.max(1) as f64,
         })
     }
 }
 
-/// The batches of one epoch: a permutation of `0..n` that is a pure function of `(seed, epoch)`,
-/// cut into batches of `batch_size`, the last partial batch dropped.
-pub fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+/// The batches of one epoch: the first `take` entries of a permutation of `0..n` that is a pure
+/// function of `(seed, epoch)`, cut into batches of `batch_size`, the last partial batch dropped.
+/// Image sets take every sample (`take = n`); text sets [`Dataset::epoch_len`] of their windows.
+pub fn epoch_batches(
+    n: usize,
+    take: usize,
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(1 + epoch as u64);
     let mut idx: Vec<usize> = (0..n).collect();
     idx.shuffle(&mut rng);
+    idx.truncate(take);
     idx.chunks_exact(batch_size).map(|c| c.to_vec()).collect()
 }
 
@@ -285,6 +303,12 @@ pub struct Summary {
     pub final_test_loss: f64,
     /// Mean training loss of the last epoch.
     pub final_train_loss: f64,
+    /// Validation bits per byte after the last epoch (`final_test_loss / ln 2`; text only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_bits_per_byte: Option<f64>,
+    /// Lowest validation bits per byte over the epochs (text only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_bits_per_byte: Option<f64>,
     /// Epochs completed.
     pub epochs: usize,
     /// Optimizer steps taken.
@@ -311,30 +335,87 @@ pub fn peak_memory_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Loads the data set named by `config.data`.
-pub fn load_data(config: &TrainConfig) -> Result<Split<ImageSet>> {
-    let source: DataSource = config.data.parse()?;
-    Ok(match source {
-        DataSource::Digits => crate::data::load_digits(config.split_seed)?,
-        DataSource::Mnist(dir) => crate::data::load_mnist(&dir)?,
-        DataSource::Cifar10(dir) => crate::data::load_cifar10(&dir)?,
-        DataSource::Text(_) => {
-            return Err(TrainError::Config {
-                flag: "--data",
-                msg: "text data needs the byte-level GPT (--model gpt), which this build does not have yet; use digits, mnist:DIR or cifar10:DIR".into(),
-            })
+/// A run's data: labelled images for the ViT or byte windows for the GPT.
+#[derive(Debug, Clone)]
+pub enum RunData {
+    /// An image classification set (digits, MNIST, CIFAR-10).
+    Images(Split<ImageSet>),
+    /// A byte-level text set.
+    Text(Split<TextSet>),
+}
+
+impl RunData {
+    /// The training samples.
+    pub fn train(&self) -> &dyn Dataset {
+        match self {
+            Self::Images(s) => &s.train,
+            Self::Text(s) => &s.train,
         }
+    }
+
+    /// The held-out samples (test images, or validation text).
+    pub fn test(&self) -> &dyn Dataset {
+        match self {
+            Self::Images(s) => &s.test,
+            Self::Text(s) => &s.test,
+        }
+    }
+
+    /// One line on the data set, its origin and its split.
+    pub fn description(&self) -> &str {
+        match self {
+            Self::Images(s) => &s.description,
+            Self::Text(s) => &s.description,
+        }
+    }
+
+    /// Whether this is text (losses are then also reported in bits per byte).
+    pub fn is_text(&self) -> bool {
+        matches!(self, Self::Text(_))
+    }
+}
+
+/// Fraction of a text file's blocks held out for validation.
+pub const TEXT_VALIDATION_FRACTION: f64 = 0.1;
+
+/// Loads the data set named by `config.data`: images need the ViT, text the GPT (whose context
+/// length sets the window length). A mismatch is a configuration error naming `--model`.
+pub fn load_data(config: &TrainConfig) -> Result<RunData> {
+    let source: DataSource = config.data.parse()?;
+    let mismatch = |need: &str| TrainError::Config {
+        flag: "--model",
+        msg: format!(
+            "{} data needs --model {need}, but the model is {}",
+            config.data,
+            config.model.kind()
+        ),
+    };
+    Ok(match (&source, &config.model) {
+        (DataSource::Text(file), ModelConfig::Gpt(g)) => RunData::Text(crate::data::load_text(
+            file,
+            g.context,
+            TEXT_VALIDATION_FRACTION,
+            config.split_seed,
+        )?),
+        (DataSource::Text(_), _) => return Err(mismatch("gpt")),
+        (_, ModelConfig::Gpt(_)) => return Err(mismatch("vit")),
+        (DataSource::Digits, _) => RunData::Images(crate::data::load_digits(config.split_seed)?),
+        (DataSource::Mnist(dir), _) => RunData::Images(crate::data::load_mnist(dir)?),
+        (DataSource::Cifar10(dir), _) => RunData::Images(crate::data::load_cifar10(dir)?),
     })
 }
 
-/// Adapts the architecture's input size to the data (patch size follows the image size: 2 for 8×8,
-/// 4 for 28×28 and 32×32, unless `patch` was given).
-pub fn fit_model_to_data(config: &mut TrainConfig, data: &ImageSet, patch: Option<usize>) {
-    config.model.channels = data.channels;
-    config.model.height = data.height;
-    config.model.width = data.width;
-    config.model.classes = data.num_classes;
-    config.model.patch = patch.unwrap_or(if data.height <= 8 { 2 } else { 4 });
+/// Adapts a ViT's input size to the images (patch size follows the image size: 2 for 8×8, 4 for
+/// 28×28 and 32×32, unless `patch` was given). Text leaves the GPT as configured.
+pub fn fit_model_to_data(config: &mut TrainConfig, data: &RunData, patch: Option<usize>) {
+    if let (RunData::Images(split), ModelConfig::Vit(m)) = (data, &mut config.model) {
+        let d = &split.train;
+        m.channels = d.channels;
+        m.height = d.height;
+        m.width = d.width;
+        m.classes = d.num_classes;
+        m.patch = patch.unwrap_or(if d.height <= 8 { 2 } else { 4 });
+    }
 }
 
 /// Progress display: a bar with rate and ETA on a terminal, silent otherwise.
@@ -441,8 +522,8 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
     config.validate()?;
     let device = crate::device::open_device(&config.device)?;
     let data = load_data(&config)?;
-    let patch = config.model.patch;
-    fit_model_to_data(&mut config, &data.train, Some(patch));
+    let patch = config.model.as_vit().map(|v| v.patch);
+    fit_model_to_data(&mut config, &data, patch);
     config.validate()?;
 
     let ckpt = if options.resume {
@@ -475,15 +556,23 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
     } else {
         None
     };
-    let n_train = data.train.len();
-    let steps_per_epoch = n_train / config.batch_size;
+    let n_train = data.train().len();
+    // An epoch holds at least one full batch (a small text file has fewer windows per epoch).
+    let per_epoch = data.train().epoch_len().max(config.batch_size).min(n_train);
+    let steps_per_epoch = per_epoch / config.batch_size;
     if steps_per_epoch == 0 {
         return Err(TrainError::Config {
             flag: "--batch-size",
             msg: format!(
-                "{} exceeds the {} training samples: no full batch fits",
-                config.batch_size, n_train
+                "{} exceeds the {per_epoch} training samples of an epoch: no full batch fits",
+                config.batch_size
             ),
+        });
+    }
+    if data.test().eval_indices().is_empty() {
+        return Err(TrainError::Config {
+            flag: "--data",
+            msg: format!("{}: the held-out set is empty, nothing to evaluate on", config.data),
         });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
@@ -495,9 +584,9 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
                     msg: e.to_string(),
                 },
             )?;
-            Vit::from_tensors(config.model.clone(), &w, DType::F32, &device)?
+            Transformer::from_tensors(config.model.clone(), &w, DType::F32, &device)?
         }
-        None => Vit::init(config.model.clone(), &mut rng, DType::F32, &device)?,
+        None => Transformer::init(config.model.clone(), &mut rng, DType::F32, &device)?,
     };
     if !options.resume && !checkpoint::list(out)?.is_empty() {
         return Err(TrainError::Config {
@@ -514,11 +603,14 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
 
     let mut trainer = Trainer::new(config.clone(), model, device.clone())?;
     let metrics_path = out.join("metrics.jsonl");
-    let mut diagnostics = Diagnostics::new(&config, &data.test, &device)?;
+    let mut diagnostics = Diagnostics::new(&config, data.test(), &device)?;
 
     let mut start_epoch = 0;
     let mut wall_before = 0.0;
     let mut best = 0.0f64;
+    let mut best_bits: Option<f64> = None;
+    // Evaluation batches: 512 images, or as many windows as hold 512·17 tokens.
+    let eval_batch = (512 * 17 / config.model.tokens()).max(1);
     let mut to95: Option<f64> = None;
     let mut train_seconds = 0.0;
     match ckpt {
@@ -542,6 +634,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             best = meta.best_test_accuracy;
             to95 = meta.seconds_to_95pct;
             train_seconds = meta.train_seconds;
+            best_bits = meta.best_bits_per_byte;
             diagnostics.restore(&meta.extra)?;
             truncate_metrics(&metrics_path, meta.epoch)?;
         }
@@ -560,13 +653,14 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
     );
     progress.line(
         &format!(
-            "{}: {} parameters, {} on {}, {} train / {} test samples, {} epochs of {} steps",
-            data.description,
+            "{}: {} {} parameters, {} on {}, {} train / {} test samples, {} epochs of {} steps",
+            data.description(),
+            config.model.kind(),
             config.model.parameter_count(),
             config.optimizer,
             config.device,
             n_train,
-            data.test.len(),
+            data.test().len(),
             config.epochs,
             steps_per_epoch
         ),
@@ -583,11 +677,11 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
     };
     for epoch in start_epoch..end_epoch {
         let epoch_start = Instant::now();
-        let batches = epoch_batches(n_train, config.batch_size, config.seed, epoch);
+        let batches = epoch_batches(n_train, per_epoch, config.batch_size, config.seed, epoch);
         let mut loss_sum = 0.0;
         let mut correct = 0usize;
         for idx in &batches {
-            let batch = data.train.batch(idx, &device)?;
+            let batch = data.train().batch(idx, &device)?;
             let t0 = Instant::now();
             let outcome = trainer.train_step(&batch).map_err(|e| match e {
                 TrainError::Diverged { step, what, .. } => TrainError::Diverged {
@@ -621,8 +715,10 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             progress.bar.inc(1);
         }
         let train_loss = loss_sum / batches.len() as f64;
-        let train_accuracy = correct as f64 / (batches.len() * config.batch_size) as f64;
-        let eval = trainer.evaluate(&data.test, 512)?;
+        let predictions_per_sample = if data.is_text() { config.model.tokens() } else { 1 };
+        let train_accuracy = correct as f64
+            / (batches.len() * config.batch_size * predictions_per_sample) as f64;
+        let eval = trainer.evaluate(data.test(), eval_batch)?;
         check_finite(&trainer, train_loss, eval.loss).map_err(|what| TrainError::Diverged {
             epoch: epoch + 1,
             step: trainer.step,
@@ -635,6 +731,9 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         let diag_seconds = diag_start.elapsed().as_secs_f64();
         let wall = wall_before + run_start.elapsed().as_secs_f64();
         best = best.max(eval.accuracy);
+        if data.is_text() {
+            best_bits = Some(best_bits.map_or(eval.bits(), |b: f64| b.min(eval.bits())));
+        }
         if to95.is_none() && eval.accuracy >= 0.95 {
             to95 = Some(wall);
         }
@@ -645,12 +744,26 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             "wall_seconds": wall, "epoch_seconds": epoch_train_seconds,
             "diagnostics_seconds": diag_seconds,
         });
+        if data.is_text() {
+            rec["test_bits_per_byte"] = json!(eval.bits());
+        }
         if let (Some(obj), Value::Object(d)) = (rec.as_object_mut(), diag) {
             obj.extend(d);
         }
         metrics.write(&rec)?;
-        progress.line(
-            &format!(
+        let line = if data.is_text() {
+            format!(
+                "epoch {:>3}/{}  train loss {:.4}  validation loss {:.4}  {:.3} bits/byte  next-byte accuracy {:.4}  ({:.1} s)",
+                epoch + 1,
+                config.epochs,
+                train_loss,
+                eval.loss,
+                eval.bits(),
+                eval.accuracy,
+                epoch_train_seconds + diag_seconds
+            )
+        } else {
+            format!(
                 "epoch {:>3}/{}  train loss {:.4}  test loss {:.4}  test accuracy {:.4}  ({:.1} s)",
                 epoch + 1,
                 config.epochs,
@@ -658,9 +771,9 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
                 eval.loss,
                 eval.accuracy,
                 epoch_train_seconds + diag_seconds
-            ),
-            options.quiet,
-        );
+            )
+        };
+        progress.line(&line, options.quiet);
         let meta = CheckpointMeta {
             epoch: epoch + 1,
             step: trainer.step,
@@ -668,6 +781,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             best_test_accuracy: best,
             seconds_to_95pct: to95,
             train_seconds,
+            best_bits_per_byte: best_bits,
             extra: diagnostics.state(),
         };
         let mut tensors = BTreeMap::new();
@@ -690,13 +804,15 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
     let finished = completed == config.epochs;
     if finished && train_steps_timed == 0 {
         // Resumed a finished run: report from the last checkpoint's evaluation.
-        last_eval = trainer.evaluate(&data.test, 512)?;
+        last_eval = trainer.evaluate(data.test(), eval_batch)?;
     }
     let summary = Summary {
         final_test_accuracy: last_eval.accuracy,
         best_test_accuracy: best,
         final_test_loss: last_eval.loss,
         final_train_loss: last_train_loss,
+        final_bits_per_byte: data.is_text().then(|| last_eval.bits()),
+        best_bits_per_byte: best_bits,
         epochs: completed,
         steps: trainer.step,
         wall_seconds: wall,
@@ -716,7 +832,16 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         return Ok(summary);
     }
     write_json(&out.join("summary.json"), &summary)?;
-    if !options.quiet {
+    if !options.quiet && data.is_text() {
+        eprintln!(
+            "done: validation {:.3} bits/byte (best {:.3}), {:.0} tokens/s, {:.0} s; run directory {}",
+            last_eval.bits(),
+            best_bits.unwrap_or(f64::NAN),
+            summary.steps_per_second * (config.batch_size * config.model.tokens()) as f64,
+            summary.wall_seconds,
+            out.display()
+        );
+    } else if !options.quiet {
         eprintln!(
             "done: final test accuracy {:.4} (best {:.4}), {:.1} steps/s, {:.0} s; run directory {}",
             summary.final_test_accuracy,

@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 
 use crate::data::Batch;
 use crate::error::Result;
-use crate::model::{cross_entropy, Vit};
+use crate::model::{cross_entropy, Transformer};
 
 /// Weights and bias of one layer folded into `W̄ = [W b]`, `(m, n+1)`, in f64.
 fn fold(w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
@@ -55,7 +55,7 @@ impl Before {
     /// Records, after the training backward and before the update: every tracked attention/MLP
     /// layer's capture, folded weights and folded gradient, and every parameter with its gradient.
     /// Tracking must have been on during the forward pass.
-    pub fn record(model: &Vit, grads: &GradStore, loss: f64) -> Result<Self> {
+    pub fn record(model: &Transformer, grads: &GradStore, loss: f64) -> Result<Self> {
         let mut layers = Vec::new();
         for l in model.attention_and_mlp_layers() {
             let Some(capture) = l.capture(grads)? else {
@@ -87,7 +87,7 @@ impl Before {
     }
 
     /// After the update: the per-layer terms and the measured loss change on `batch`.
-    pub fn finish(self, model: &Vit, batch: &Batch) -> Result<Value> {
+    pub fn finish(self, model: &Transformer, batch: &Batch) -> Result<Value> {
         let mut per_layer = Map::new();
         let (mut first_sum, mut second_sum) = (0.0, 0.0);
         for (l, before) in model.attention_and_mlp_layers().iter().zip(&self.layers) {

@@ -9,21 +9,27 @@
 //!
 //! Timings mean something only on an otherwise idle machine (`docs/CANDLE-NOTES.md`, Threads).
 
+
+/// Keeps freed pages for reuse (see `bmt_trainer::alloc`).
+#[global_allocator]
+static ALLOCATOR: bmt_trainer::alloc::Allocator = bmt_trainer::alloc::Allocator {};
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bmt_trainer::config::{OptimizerKind, TrainConfig};
-use bmt_trainer::data::{Batch, Dataset, ImageSet, Split};
+use bmt_trainer::data::Batch;
 use bmt_trainer::diag::Diagnostics;
 use bmt_trainer::kfac::{KfacSettings, DEFAULT_LR};
-use bmt_trainer::model::{Vit, VitConfig};
+use bmt_trainer::model::{Transformer, VitConfig};
 use bmt_trainer::ops::{
     layer_norm_normalize, layer_norm_normalize_composite, softmax_last_dim,
     softmax_last_dim_composite,
 };
 use bmt_trainer::run::{
-    epoch_batches, fit_model_to_data, load_data, peak_memory_mib, MetricsFile, StepOutcome, Trainer,
+    epoch_batches, fit_model_to_data, load_data, peak_memory_mib, MetricsFile, RunData, StepOutcome,
+    Trainer,
 };
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
@@ -518,7 +524,7 @@ fn timed_step(tr: &mut Trainer, batch: &Batch) -> Result<StepTiming> {
 #[allow(clippy::too_many_arguments)]
 fn bench_workload(
     w: &Workload,
-    data: &Split<ImageSet>,
+    data: &RunData,
     device: &Device,
     threads: usize,
     warmup: usize,
@@ -527,19 +533,20 @@ fn bench_workload(
     scratch: &std::path::Path,
 ) -> Result<WorkloadResult> {
     let mut config = workload_config(w, threads);
-    let patch = config.model.patch;
-    fit_model_to_data(&mut config, &data.train, Some(patch));
+    let patch = config.model.as_vit().map(|v| v.patch);
+    fit_model_to_data(&mut config, data, patch);
     config.validate()?;
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let model = Vit::init(config.model.clone(), &mut rng, DType::F32, device)?;
+    let model = Transformer::init(config.model.clone(), &mut rng, DType::F32, device)?;
     let mut tr = Trainer::new(config.clone(), model, device.clone())?;
-    let mut diagnostics = Diagnostics::new(&config, &data.test, device)?;
+    let mut diagnostics = Diagnostics::new(&config, data.test(), device)?;
     let metrics_path = scratch.join(format!("{}.jsonl", w.name));
     let mut metrics = MetricsFile::open(&metrics_path)?;
     diagnostics.on_start(&tr.model, &mut metrics)?;
 
-    let n = data.train.len();
-    let spe = n / config.batch_size;
+    let n = data.train().len();
+    let per_epoch = data.train().epoch_len().max(config.batch_size).min(n);
+    let spe = per_epoch / config.batch_size;
     if spe == 0 {
         bail!(
             "the batch size {} exceeds the training set",
@@ -554,9 +561,9 @@ fn bench_workload(
     let mut batches = Vec::new();
     for i in 0..warmup + steps {
         if i % spe == 0 {
-            batches = epoch_batches(n, config.batch_size, config.seed, i / spe);
+            batches = epoch_batches(n, per_epoch, config.batch_size, config.seed, i / spe);
         }
-        let batch = data.train.batch(&batches[i % spe], device)?;
+        let batch = data.train().batch(&batches[i % spe], device)?;
         let mut st = timed_step(&mut tr, &batch)?;
         let td = Instant::now();
         diagnostics.on_step(&tr, &batch, &st.outcome, &mut metrics)?;
@@ -601,7 +608,7 @@ fn bench_workload(
     let train = sum.train().max(1e-12);
     let steps_per_s = steps as f64 / train;
     let tokens = config.model.tokens();
-    let flops = vit_flops_per_step(&config.model, config.batch_size);
+    let flops = vit_flops_per_step(config.model.as_vit().context("W1 is a ViT")?, config.batch_size);
     let achieved = flops * steps_per_s / 1e9;
     Ok(WorkloadResult {
         name: w.name.into(),
@@ -756,6 +763,7 @@ fn print_report(r: &Report) {
 }
 
 fn main() -> std::process::ExitCode {
+    bmt_trainer::alloc::keep_freed_memory();
     match bench(Args::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -783,10 +791,11 @@ fn bench(args: Args) -> Result<()> {
     let data = load_data(&base).context("loading the digits")?;
 
     eprintln!("GEMM ...");
-    let gemm = bench_gemm(&base.model, base.batch_size, min_s, &device)?;
+    let w1 = base.model.as_vit().context("W1 is a ViT")?;
+    let gemm = bench_gemm(w1, base.batch_size, min_s, &device)?;
     let ceiling = gemm.last().map_or(f64::NAN, |g| g.gflops);
     eprintln!("fused vs composite ops ...");
-    let ops = bench_ops(&base.model, base.batch_size, min_s, &device)?;
+    let ops = bench_ops(w1, base.batch_size, min_s, &device)?;
 
     let scratch = std::env::temp_dir().join(format!("bmt-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;

@@ -128,6 +128,18 @@ pub trait Dataset: Send + Sync {
     /// Gathers the samples `indices` (in that order, repeats allowed) into one batch on `device`.
     /// An index `>= len()` is a [`DataError::IndexOutOfRange`].
     fn batch(&self, indices: &[usize], device: &Device) -> Result<Batch, DataError>;
+
+    /// Samples drawn per training epoch: every sample for image sets; for text, as many windows
+    /// as the set has bytes per context length (each byte is about once a target per epoch).
+    fn epoch_len(&self) -> usize {
+        self.len()
+    }
+
+    /// The samples an evaluation pass reads, in order: every sample for image sets; for text,
+    /// the non-overlapping windows of every block.
+    fn eval_indices(&self) -> Vec<usize> {
+        (0..self.len()).collect()
+    }
 }
 
 /// A train/test (or train/validation) pair with its provenance.

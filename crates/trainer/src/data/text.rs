@@ -2,8 +2,10 @@
 //!
 //! A file of `n` bytes is cut into `m = ⌊n / B⌋` contiguous blocks of `B` bytes (the last block
 //! also takes the `n mod B` remaining bytes, so no byte is dropped), where
-//! `B = min(8·(context+1), ⌊n/2⌋)` when a validation set is requested and
-//! `B = min(8·(context+1), n)` otherwise; either way `B ≥ context + 1`.
+//! `B = min(8·(context+1), max(context+1, ⌊n / ⌈1/fraction⌉⌋))` when a validation set is
+//! requested (so a small file still has about `1/fraction` blocks and the held-out share is near
+//! `fraction`; `B ≤ ⌊n/2⌋` as `⌈1/fraction⌉ ≥ 2`) and `B = min(8·(context+1), n)` otherwise;
+//! either way `B ≥ context + 1`.
 //! `k = clamp(round(fraction · m), 1, m − 1)` blocks (0 when the fraction is 0) chosen by a seeded
 //! shuffle form the validation set, the others the training set, each kept in file order.
 //! Splitting by blocks keeps neighbouring, near-duplicate windows on one side of the split.
@@ -115,6 +117,24 @@ impl Dataset for TextSet {
         self.window_ends.last().copied().unwrap_or(0)
     }
 
+    /// `⌈bytes / context⌉` windows (at most [`Dataset::len`]): one epoch makes about every byte
+    /// a target once, whatever the offsets drawn.
+    fn epoch_len(&self) -> usize {
+        self.bytes.len().div_ceil(self.context).min(self.len())
+    }
+
+    /// Windows starting at offsets `0, context, 2·context, …` of every block: non-overlapping,
+    /// so each byte of a block (but its first and its last `< context` ones) is predicted once.
+    fn eval_indices(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut first = 0;
+        for &end in &self.window_ends {
+            out.extend((first..end).step_by(self.context));
+            first = end;
+        }
+        out
+    }
+
     /// Inputs `(B, context)` u32 bytes and targets `(B, context)` u32 next bytes.
     fn batch(&self, indices: &[usize], device: &Device) -> Result<Batch, DataError> {
         let c = self.context;
@@ -186,7 +206,11 @@ pub fn split_text<R: rand::Rng + ?Sized>(
             why: why.to_string(),
         });
     }
-    let block = (BLOCK_WINDOWS * (context + 1)).min(if validate { n / 2 } else { n });
+    let block = (BLOCK_WINDOWS * (context + 1)).min(if validate {
+        (n / (1.0 / validation_fraction).ceil() as usize).max(context + 1)
+    } else {
+        n
+    });
     let m = n / block;
     let ranges: Vec<Range<usize>> = (0..m)
         .map(|b| b * block..if b + 1 == m { n } else { (b + 1) * block })
@@ -287,6 +311,19 @@ mod tests {
     }
 
     #[test]
+    fn epochs_and_evaluation_cover_each_byte_about_once() {
+        // Blocks of 5 and 7 bytes, context 2: windows 0..3 and 3..8; evaluation starts every
+        // second window of each block.
+        let src: Vec<u8> = (0..12).collect();
+        let set = TextSet::from_blocks(&src, &[0..5, 5..12], 2);
+        assert_eq!(set.eval_indices(), vec![0, 2, 3, 5, 7]);
+        assert_eq!(set.window(5), Some((&[7u8, 8][..], &[8u8, 9][..])));
+        assert_eq!(set.epoch_len(), 6);
+        let tiny = TextSet::from_blocks(&src, &[0..3], 2);
+        assert_eq!((tiny.len(), tiny.epoch_len()), (1, 1));
+    }
+
+    #[test]
     fn split_partitions_the_file_into_blocks() {
         let src: Vec<u8> = (0..1000u32).map(|v| (v % 251) as u8).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -309,6 +346,17 @@ mod tests {
         assert_eq!(s.train.len(), 19 * 36);
         assert_eq!(s.test.len(), 6 * 36);
         assert_eq!(s.train.num_bytes() + s.test.num_bytes(), 1000);
+    }
+
+    #[test]
+    fn small_files_hold_out_about_the_fraction() {
+        // n = 5829 (this repository's README), context 256, fraction 0.1: B = max(257, 5829/10)
+        // = 582, m = 10 blocks, k = 1: 582 validation bytes, not half the file.
+        let src = vec![b'a'; 5829];
+        let s = split_text(&src, "mem", 256, 0.1, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+        assert_eq!(s.train.source_ranges().len() + s.test.source_ranges().len(), 10);
+        assert_eq!(s.test.source_ranges().len(), 1);
+        assert!(s.test.num_bytes() <= 582 + 9, "{}", s.test.num_bytes());
     }
 
     #[test]

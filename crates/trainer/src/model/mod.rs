@@ -1,132 +1,27 @@
-//! The pre-LayerNorm Vision Transformer of workload W1 (`../shared/docs/WORKLOADS.md`).
+//! The pre-LayerNorm transformers of workloads W1 (ViT on images) and W2 (byte-level GPT)
+//! (`../shared/docs/WORKLOADS.md`).
 //!
 //! Every linear layer is a [`TrackedLinear`], so a preconditioner or a diagnostic can ask, for one
 //! training step, for each layer's input activations and output gradients. On request
-//! ([`Vit::forward_traced`]) the model also returns its residual stream after every block, every
-//! LayerNorm's input and pre-affine output, and every head's attention probabilities. With tracking
-//! off and no trace requested the forward pass does no extra work.
-//!
-//! Parameter names follow the reference implementations' fixture (`patch.w`, `blk0.q.b`,
-//! `blk3.ln2.g`, `lnf.b`, `head.w`, `cls`, `pos`), but linear weights are stored Candle-style as
-//! `(out, in)`.
+//! ([`Transformer::forward_traced`]) the model also returns its residual stream after every
+//! block, every LayerNorm's input and pre-affine output, and every head's attention probabilities
+//! (lower-triangular for the causal GPT). With tracking off and no trace requested the forward
+//! pass does no extra work.
+
+mod config;
+mod params;
 
 use std::collections::BTreeMap;
 
 use bmt_kfac::TrackedLinear;
 use candle_core::{DType, Device, Module, Tensor, Var, D};
 use rand::Rng;
-use rand_distr::{Distribution, Normal, Uniform};
-use serde::{Deserialize, Serialize};
+
+pub use config::{GptConfig, ModelConfig, VitConfig};
+pub use params::{init_parameters, layer_norm_names, parameter_shapes};
 
 use crate::error::{Result, TrainError};
 use crate::ops;
-
-/// Architecture of the ViT. [`VitConfig::w1`] is workload W1.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VitConfig {
-    /// Input channels.
-    pub channels: usize,
-    /// Input height in pixels.
-    pub height: usize,
-    /// Input width in pixels.
-    pub width: usize,
-    /// Side of the square patches.
-    pub patch: usize,
-    /// Model width d.
-    pub dim: usize,
-    /// Number of transformer blocks.
-    pub depth: usize,
-    /// Attention heads per block (must divide `dim`).
-    pub heads: usize,
-    /// Hidden width of the MLP.
-    pub mlp_dim: usize,
-    /// Number of classes.
-    pub classes: usize,
-    /// LayerNorm ε.
-    pub ln_eps: f64,
-}
-
-impl VitConfig {
-    /// W1: 8×8 digits, 2×2 patches, d = 64, 4 blocks, 4 heads, MLP 128, 10 classes, ε = 1e-5.
-    pub fn w1() -> Self {
-        Self {
-            channels: 1,
-            height: 8,
-            width: 8,
-            patch: 2,
-            dim: 64,
-            depth: 4,
-            heads: 4,
-            mlp_dim: 128,
-            classes: 10,
-            ln_eps: 1e-5,
-        }
-    }
-
-    /// Tokens per sequence: the patches plus the CLS token.
-    pub fn tokens(&self) -> usize {
-        (self.height / self.patch) * (self.width / self.patch) + 1
-    }
-
-    /// Values per patch: `channels · patch²`.
-    pub fn patch_dim(&self) -> usize {
-        self.channels * self.patch * self.patch
-    }
-
-    /// Width of one head.
-    pub fn head_dim(&self) -> usize {
-        self.dim / self.heads
-    }
-
-    /// Rejects impossible architectures, naming the offending command-line flag.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |flag: &'static str, msg: String| Err(TrainError::Config { flag, msg });
-        if self.patch == 0 || self.height % self.patch != 0 || self.width % self.patch != 0 {
-            return bad(
-                "--patch",
-                format!(
-                    "patch size {} must be > 0 and divide the image size {}×{}",
-                    self.patch, self.height, self.width
-                ),
-            );
-        }
-        if self.dim == 0 || self.heads == 0 || self.dim % self.heads != 0 {
-            return bad(
-                "--heads",
-                format!(
-                    "{} heads must be > 0 and divide the model width {}",
-                    self.heads, self.dim
-                ),
-            );
-        }
-        if self.depth == 0 || self.mlp_dim == 0 || self.classes < 2 {
-            return bad(
-                "--depth",
-                "depth and MLP width must be > 0 and there must be at least 2 classes".into(),
-            );
-        }
-        if !(self.ln_eps > 0.0 && self.ln_eps.is_finite()) {
-            return bad(
-                "--ln-eps",
-                format!("LayerNorm ε = {} must be > 0", self.ln_eps),
-            );
-        }
-        Ok(())
-    }
-
-    /// Number of trainable parameters.
-    pub fn parameter_count(&self) -> usize {
-        let d = self.dim;
-        let lin = |i: usize, o: usize| i * o + o;
-        let block = 2 * 2 * d + 4 * lin(d, d) + lin(d, self.mlp_dim) + lin(self.mlp_dim, d);
-        lin(self.patch_dim(), d)
-            + d
-            + self.tokens() * d
-            + self.depth * block
-            + 2 * d
-            + lin(d, self.classes)
-    }
-}
 
 /// LayerNorm with affine parameters: `γ ⊙ (x − μ)/sqrt(σ² + ε) + β` over the last dimension.
 #[derive(Debug)]
@@ -186,7 +81,7 @@ pub struct Block {
     fc2: TrackedLinear,
 }
 
-/// What [`Vit::forward_traced`] records about one forward pass.
+/// What [`Transformer::forward_traced`] records about one forward pass.
 #[derive(Debug, Default, Clone)]
 pub struct Trace {
     /// Residual stream: after the embedding (index 0), then after every block; each `(B, T, d)`.
@@ -210,12 +105,24 @@ pub struct LayerNormTrace {
     pub normalized: Tensor,
 }
 
-/// The W1-style ViT.
+/// How a [`Transformer`] turns its input into the first residual stream.
 #[derive(Debug)]
-pub struct Vit {
-    config: VitConfig,
-    patch: TrackedLinear,
-    cls: Var,
+enum Embedding {
+    /// ViT: patches through a linear layer, a learned CLS token in front.
+    Patches { patch: TrackedLinear, cls: Var },
+    /// GPT: a learned vector per byte value.
+    Bytes { table: Var },
+}
+
+/// A pre-LN transformer: the ViT classifier of W1 or the byte-level causal decoder of W2.
+///
+/// `h₀ = embed(x) + pos`, then per block `h += O(MHSA(LN₁(h)))`, `h += FC₂(GELU(FC₁(LN₂(h))))`,
+/// then `LN_f`; the ViT's head reads the CLS token, the GPT's head every position. The GPT's
+/// attention is causal: scores with `j > i` are −∞ before the softmax (MATH §2).
+#[derive(Debug)]
+pub struct Transformer {
+    config: ModelConfig,
+    embedding: Embedding,
     pos: Var,
     blocks: Vec<Block>,
     lnf: LayerNorm,
@@ -223,105 +130,16 @@ pub struct Vit {
     params: BTreeMap<String, Var>,
 }
 
-/// Draws W1's initialisation from `rng`: linear weights uniform in ±1/√fan_in, biases 0,
-/// LayerNorm γ = 1 and β = 0, CLS and position embeddings normal with standard deviation 0.02.
-///
-/// Returns name → f32 tensor (weights `(out, in)`), in a fixed order so that a seed fixes the model.
-pub fn init_parameters(
-    config: &VitConfig,
-    rng: &mut impl Rng,
-    device: &Device,
-) -> Result<BTreeMap<String, Tensor>> {
-    let mut out = BTreeMap::new();
-    let mut linear =
-        |name: &str, fan_in: usize, fan_out: usize, rng: &mut dyn rand::RngCore| -> Result<()> {
-            let bound = 1.0 / (fan_in as f32).sqrt();
-            let dist = Uniform::new_inclusive(-bound, bound)
-                .map_err(|e| TrainError::Init(e.to_string()))?;
-            let w: Vec<f32> = (0..fan_in * fan_out).map(|_| dist.sample(rng)).collect();
-            out.insert(
-                format!("{name}.w"),
-                Tensor::from_vec(w, (fan_out, fan_in), device)?,
-            );
-            out.insert(
-                format!("{name}.b"),
-                Tensor::zeros(fan_out, DType::F32, device)?,
-            );
-            Ok(())
-        };
-    let d = config.dim;
-    // Fixed draw order: patch, cls, pos, then per block q, k, v, o, fc1, fc2, then head.
-    linear("patch", config.patch_dim(), d, rng)?;
-    let normal = Normal::new(0.0f32, 0.02).map_err(|e| TrainError::Init(e.to_string()))?;
-    let cls: Vec<f32> = (0..d).map(|_| normal.sample(rng)).collect();
-    let pos: Vec<f32> = (0..config.tokens() * d)
-        .map(|_| normal.sample(rng))
-        .collect();
-    for i in 0..config.depth {
-        for l in ["q", "k", "v", "o"] {
-            linear(&format!("blk{i}.{l}"), d, d, rng)?;
-        }
-        linear(&format!("blk{i}.fc1"), d, config.mlp_dim, rng)?;
-        linear(&format!("blk{i}.fc2"), config.mlp_dim, d, rng)?;
-    }
-    linear("head", d, config.classes, rng)?;
-    out.insert("cls".into(), Tensor::from_vec(cls, d, device)?);
-    out.insert(
-        "pos".into(),
-        Tensor::from_vec(pos, (config.tokens(), d), device)?,
-    );
-    let mut ln = |name: String| -> Result<()> {
-        out.insert(format!("{name}.g"), Tensor::ones(d, DType::F32, device)?);
-        out.insert(format!("{name}.b"), Tensor::zeros(d, DType::F32, device)?);
-        Ok(())
-    };
-    for i in 0..config.depth {
-        ln(format!("blk{i}.ln1"))?;
-        ln(format!("blk{i}.ln2"))?;
-    }
-    ln("lnf".into())?;
-    Ok(out)
-}
-
-/// Expected parameter names and shapes of a config (Candle layout, weights `(out, in)`).
-pub fn parameter_shapes(config: &VitConfig) -> BTreeMap<String, Vec<usize>> {
-    let d = config.dim;
-    let mut s = BTreeMap::new();
-    let mut lin = |name: String, i: usize, o: usize| {
-        s.insert(format!("{name}.w"), vec![o, i]);
-        s.insert(format!("{name}.b"), vec![o]);
-    };
-    lin("patch".into(), config.patch_dim(), d);
-    for b in 0..config.depth {
-        for l in ["q", "k", "v", "o"] {
-            lin(format!("blk{b}.{l}"), d, d);
-        }
-        lin(format!("blk{b}.fc1"), d, config.mlp_dim);
-        lin(format!("blk{b}.fc2"), config.mlp_dim, d);
-    }
-    lin("head".into(), d, config.classes);
-    s.insert("cls".into(), vec![d]);
-    s.insert("pos".into(), vec![config.tokens(), d]);
-    for b in 0..config.depth {
-        for l in ["ln1", "ln2"] {
-            s.insert(format!("blk{b}.{l}.g"), vec![d]);
-            s.insert(format!("blk{b}.{l}.b"), vec![d]);
-        }
-    }
-    s.insert("lnf.g".into(), vec![d]);
-    s.insert("lnf.b".into(), vec![d]);
-    s
-}
-
-impl Vit {
+impl Transformer {
     /// Builds the model from named tensors (every name of [`parameter_shapes`], exactly those
     /// shapes), copied into fresh variables of `dtype` on `device`.
     pub fn from_tensors(
-        config: VitConfig,
+        config: impl Into<ModelConfig>,
         tensors: &BTreeMap<String, Tensor>,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let config = config.into();
         config.validate()?;
         let shapes = parameter_shapes(&config);
         let mut params = BTreeMap::new();
@@ -350,14 +168,15 @@ impl Vit {
         }
         let p = |n: &str| params[n].clone();
         let lin = |n: &str| TrackedLinear::new(n, p(&format!("{n}.w")), Some(p(&format!("{n}.b"))));
+        let eps = config.ln_eps();
         let ln = |n: &str| LayerNorm {
             name: n.to_string(),
             gain: p(&format!("{n}.g")),
             bias: p(&format!("{n}.b")),
-            eps: config.ln_eps,
+            eps,
         };
-        let mut blocks = Vec::with_capacity(config.depth);
-        for i in 0..config.depth {
+        let mut blocks = Vec::with_capacity(config.depth());
+        for i in 0..config.depth() {
             let b = format!("blk{i}");
             blocks.push(Block {
                 ln1: ln(&format!("{b}.ln1")),
@@ -370,9 +189,15 @@ impl Vit {
                 fc2: lin(&format!("{b}.fc2"))?,
             });
         }
+        let embedding = match &config {
+            ModelConfig::Vit(_) => Embedding::Patches {
+                patch: lin("patch")?,
+                cls: p("cls"),
+            },
+            ModelConfig::Gpt(_) => Embedding::Bytes { table: p("wte") },
+        };
         Ok(Self {
-            patch: lin("patch")?,
-            cls: p("cls"),
+            embedding,
             pos: p("pos"),
             lnf: ln("lnf"),
             head: lin("head")?,
@@ -382,20 +207,21 @@ impl Vit {
         })
     }
 
-    /// A freshly initialised model (W1's scheme, [`init_parameters`]) from `rng`.
+    /// A freshly initialised model ([`init_parameters`]) drawn from `rng`.
     pub fn init(
-        config: VitConfig,
+        config: impl Into<ModelConfig>,
         rng: &mut impl Rng,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let config = config.into();
         config.validate()?;
         let tensors = init_parameters(&config, rng, &Device::Cpu)?;
         Self::from_tensors(config, &tensors, dtype, device)
     }
 
     /// The architecture.
-    pub fn config(&self) -> &VitConfig {
+    pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
@@ -404,9 +230,13 @@ impl Vit {
         &self.params
     }
 
-    /// Every tracked linear layer, in forward order: patch, per block q, k, v, o, fc1, fc2, head.
+    /// Every tracked linear layer, in forward order: (ViT: patch), per block q, k, v, o, fc1, fc2,
+    /// then head.
     pub fn tracked_layers(&self) -> Vec<&TrackedLinear> {
-        let mut out = vec![&self.patch];
+        let mut out = Vec::with_capacity(6 * self.blocks.len() + 2);
+        if let Embedding::Patches { patch, .. } = &self.embedding {
+            out.push(patch);
+        }
         for b in &self.blocks {
             out.extend([&b.q, &b.k, &b.v, &b.o, &b.fc1, &b.fc2]);
         }
@@ -437,9 +267,14 @@ impl Vit {
     }
 
     /// Images `(B, C, H, W)` → patch tokens `(B, N_p, C·p²)`: the patch grid row-major, each patch
-    /// flattened channel-major then row-major (for one channel: exactly W1's order).
+    /// flattened channel-major then row-major (for one channel: exactly W1's order). An error for
+    /// a GPT.
     pub fn patchify(&self, images: &Tensor) -> Result<Tensor> {
-        let c = &self.config;
+        let ModelConfig::Vit(c) = &self.config else {
+            return Err(TrainError::Input {
+                msg: "patchify needs a ViT; this model is a GPT".into(),
+            });
+        };
         let (b, ch, h, w) = images.dims4().map_err(|_| TrainError::Input {
             msg: format!(
                 "images must be (batch, channels, height, width), got {:?}",
@@ -463,15 +298,16 @@ impl Vit {
         Ok(x)
     }
 
-    /// Logits `(B, classes)` for images `(B, C, H, W)`.
-    pub fn forward(&self, images: &Tensor) -> Result<Tensor> {
-        self.run(images, None)
+    /// Logits: `(B, classes)` for ViT images `(B, C, H, W)`; `(B, T, vocab)` for GPT byte
+    /// sequences `(B, T)` (u32, `T ≤ context`), position `t` predicting byte `t + 1`.
+    pub fn forward(&self, inputs: &Tensor) -> Result<Tensor> {
+        self.run(inputs, None)
     }
 
     /// Logits and the [`Trace`] of this forward pass (residual stream, LayerNorms, attention).
-    pub fn forward_traced(&self, images: &Tensor) -> Result<(Tensor, Trace)> {
+    pub fn forward_traced(&self, inputs: &Tensor) -> Result<(Tensor, Trace)> {
         let mut trace = Trace::default();
-        let logits = self.run(images, Some(&mut trace))?;
+        let logits = self.run(inputs, Some(&mut trace))?;
         Ok((logits, trace))
     }
 
@@ -493,22 +329,62 @@ impl Vit {
         ln.affine(&y)
     }
 
-    fn run(&self, images: &Tensor, mut trace: Option<&mut Trace>) -> Result<Tensor> {
+    /// The first residual stream `h₀ = embed(x) + pos`, `(B, T, d)`.
+    fn embed(&self, inputs: &Tensor) -> Result<Tensor> {
+        let d = self.config.dim();
+        match &self.embedding {
+            Embedding::Patches { patch, cls } => {
+                let x = self.patchify(inputs)?;
+                let b = x.dim(0)?;
+                let tokens = patch.forward(&x)?;
+                let cls = cls.as_tensor().reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
+                Ok(ops::add_rows(
+                    &Tensor::cat(&[&cls, &tokens], 1)?,
+                    self.pos.as_tensor(),
+                )?)
+            }
+            Embedding::Bytes { table } => {
+                let context = self.config.tokens();
+                let (b, t) = inputs.dims2().map_err(|_| TrainError::Input {
+                    msg: format!(
+                        "byte sequences must be (batch, length), got {:?}",
+                        inputs.dims()
+                    ),
+                })?;
+                if t == 0 || t > context {
+                    return Err(TrainError::Input {
+                        msg: format!("sequences of {t} bytes: the model takes 1 to {context}"),
+                    });
+                }
+                let ids = inputs.to_dtype(DType::U32)?.flatten_all()?;
+                let vocab = table.dim(0)?;
+                let max = ids.max(0)?.to_scalar::<u32>()? as usize;
+                if max >= vocab {
+                    return Err(TrainError::Input {
+                        msg: format!("token {max} is outside the vocabulary of {vocab}"),
+                    });
+                }
+                let e = table.as_tensor().embedding(&ids)?.reshape((b, t, d))?;
+                let pos = self.pos.as_tensor().narrow(0, 0, t)?;
+                Ok(ops::add_rows(&e, &pos)?)
+            }
+        }
+    }
+
+    fn run(&self, inputs: &Tensor, mut trace: Option<&mut Trace>) -> Result<Tensor> {
         let c = &self.config;
-        let x = self.patchify(images)?;
-        let b = x.dim(0)?;
-        let tokens = self.patch.forward(&x)?;
-        let cls = self
-            .cls
-            .as_tensor()
-            .reshape((1, 1, c.dim))?
-            .broadcast_as((b, 1, c.dim))?;
-        let mut h = ops::add_rows(&Tensor::cat(&[&cls, &tokens], 1)?, self.pos.as_tensor())?;
+        let mut h = self.embed(inputs)?;
         if let Some(t) = trace.as_deref_mut() {
             t.residual.push(h.detach());
         }
-        let (t_len, heads, hd) = (c.tokens(), c.heads, c.head_dim());
+        let (b, t_len, _) = h.dims3()?;
+        let (heads, hd, d) = (c.heads(), c.head_dim(), c.dim());
         let scale = 1.0 / (hd as f64).sqrt();
+        let mask = if c.causal() {
+            Some(causal_bias(t_len, h.dtype(), h.device())?)
+        } else {
+            None
+        };
         for blk in &self.blocks {
             let u = self.layer_norm(&blk.ln1, &h, &mut trace)?;
             let split = |y: Tensor| -> candle_core::Result<Tensor> {
@@ -519,7 +395,10 @@ impl Vit {
             let q = split(blk.q.forward(&u)?)?;
             let k = split(blk.k.forward(&u)?)?;
             let v = split(blk.v.forward(&u)?)?;
-            let scores = (q.matmul(&k.t()?)? * scale)?;
+            let mut scores = (q.matmul(&k.t()?)? * scale)?;
+            if let Some(m) = &mask {
+                scores = scores.broadcast_add(m)?;
+            }
             let attn = ops::softmax_last_dim(&scores)?;
             if let Some(t) = trace.as_deref_mut() {
                 t.attention.push(attn.detach());
@@ -528,7 +407,7 @@ impl Vit {
                 .matmul(&v)?
                 .transpose(1, 2)?
                 .contiguous()?
-                .reshape((b, t_len, c.dim))?;
+                .reshape((b, t_len, d))?;
             h = (h + blk.o.forward(&ctx)?)?;
             let u2 = self.layer_norm(&blk.ln2, &h, &mut trace)?;
             let m = blk.fc2.forward(&ops::gelu(&blk.fc1.forward(&u2)?)?)?;
@@ -538,8 +417,13 @@ impl Vit {
             }
         }
         let hf = self.layer_norm(&self.lnf, &h, &mut trace)?;
-        let cls_out = hf.narrow(1, 0, 1)?.squeeze(1)?;
-        Ok(self.head.forward(&cls_out)?)
+        match c {
+            ModelConfig::Vit(_) => {
+                let cls_out = hf.narrow(1, 0, 1)?.squeeze(1)?;
+                Ok(self.head.forward(&cls_out)?)
+            }
+            ModelConfig::Gpt(_) => Ok(self.head.forward(&hf)?),
+        }
     }
 
     /// Current parameter values by name (detached copies).
@@ -571,14 +455,40 @@ impl Vit {
     }
 }
 
-/// Mean cross-entropy of `logits (B, C)` against `labels (B,)` (u32).
-pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
-    Ok(candle_nn::loss::cross_entropy(logits, labels)?)
+/// The additive causal mask `(1, 1, T, T)`: 0 where `j ≤ i`, −∞ above the diagonal. Every row
+/// keeps its diagonal, so the softmax of a masked row is well defined.
+pub fn causal_bias(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = (0..t * t)
+        .map(|k| if k % t > k / t { f32::NEG_INFINITY } else { 0.0 })
+        .collect();
+    Ok(Tensor::from_vec(v, (1, 1, t, t), device)?.to_dtype(dtype)?)
 }
 
-/// Number of correct arg-max predictions.
-pub fn correct_predictions(logits: &Tensor, labels: &Tensor) -> Result<usize> {
-    let pred = logits.argmax(D::Minus1)?;
-    let eq = pred.eq(&labels.to_dtype(pred.dtype())?)?;
+/// Logits `(B, C)` or `(B, T, C)` and targets `(B,)` or `(B, T)` flattened to `(N, C)` and `(N,)`.
+fn flatten_predictions(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    match logits.rank() {
+        2 => Ok((logits.clone(), targets.clone())),
+        3 => {
+            let (b, t, c) = logits.dims3()?;
+            Ok((logits.reshape((b * t, c))?, targets.reshape(b * t)?))
+        }
+        r => Err(TrainError::Input {
+            msg: format!("logits of rank {r}: expected (batch, classes) or (batch, length, vocab)"),
+        }),
+    }
+}
+
+/// Mean cross-entropy (nats) of `logits` against `targets` (u32): `(B, C)` against `(B,)`, or
+/// per position `(B, T, V)` against `(B, T)`, averaged over every prediction.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (l, t) = flatten_predictions(logits, targets)?;
+    Ok(candle_nn::loss::cross_entropy(&l, &t)?)
+}
+
+/// Number of correct arg-max predictions (over every position for `(B, T, V)` logits).
+pub fn correct_predictions(logits: &Tensor, targets: &Tensor) -> Result<usize> {
+    let (l, t) = flatten_predictions(logits, targets)?;
+    let pred = l.argmax(D::Minus1)?;
+    let eq = pred.eq(&t.to_dtype(pred.dtype())?)?;
     Ok(eq.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? as usize)
 }
