@@ -4,7 +4,7 @@
 //! its first checkpoint is refused by `--resume` with a clear error and restarts fresh; a planted
 //! half-written `.tmp` file and a truncated newest checkpoint are reported with the last good one.
 //!
-//! The binary. Cargo gives `CARGO_BIN_EXE_<name>` only to the integration tests of the package
+//! The binary (`common::bmt`). Cargo gives `CARGO_BIN_EXE_<name>` only to the integration tests of the package
 //! that owns the binary (`bmt-trainer`), and a dev-dependency on `bmt-trainer` links its library
 //! but never builds its binaries (artifact dependencies are nightly-only). So the binary is found
 //! beside this test executable (`<target>/<profile>/bmt`, which follows `CARGO_TARGET_DIR`), and
@@ -15,76 +15,19 @@
 //! dependencies once more with another feature set.
 
 mod common;
-use common::{json_without_time, metrics_without_time};
+use common::{bmt, json_without_time, metrics_without_time};
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// Epochs of every run here: 4 × 22 steps of W1, about 3 s per epoch on one loaded core.
 const EPOCHS: usize = 4;
-
-/// The newest modification time of the files under `dir` (recursively).
-fn newest_mtime(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return newest;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        let t = if p.is_dir() {
-            newest_mtime(&p)
-        } else {
-            e.metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        };
-        newest = newest.max(t);
-    }
-    newest
-}
-
-/// The path of an up-to-date `bmt` binary (see the module documentation).
-pub fn bmt() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test executable's path");
-        // <target>/<profile>/deps/<test> → <target>/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test executable lies in <target>/<profile>/deps")
-            .to_path_buf();
-        let bin = profile_dir.join(format!("bmt{}", std::env::consts::EXE_SUFFIX));
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut sources = newest_mtime(&root.join("crates"));
-        for f in ["Cargo.toml", "Cargo.lock"] {
-            if let Ok(t) = std::fs::metadata(root.join(f)).and_then(|m| m.modified()) {
-                sources = sources.max(t);
-            }
-        }
-        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-        if built.is_none_or(|b| b < sources) {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.current_dir(&root)
-                .args(["build", "-p", "bmt-trainer", "--bin", "bmt"])
-                .env("CARGO_TARGET_DIR", profile_dir.parent().expect("<target>"));
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("running cargo to build the bmt binary");
-            assert!(status.success(), "building the bmt binary failed");
-        }
-        assert!(bin.is_file(), "no bmt binary at {}", bin.display());
-        bin
-    })
-}
 
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("bmt-crash-{tag}-{}", std::process::id()));

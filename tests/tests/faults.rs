@@ -3,11 +3,12 @@
 //! finite update with the breakdown counted), never a panic, a NaN parameter, a NaN metric or a
 //! NaN checkpoint.
 
+mod common;
+use common::bmt;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
-use std::time::SystemTime;
 
 use bmt_kfac::{
     linear_vars, AdamWConfig, DampingKind, KfacConfig, KfacError, KfacOptimizer, LayerCapture,
@@ -17,7 +18,7 @@ use bmt_trainer::checkpoint;
 use bmt_trainer::config::{OptimizerKind, TrainConfig};
 use bmt_trainer::data::{load_digits, Dataset, DIGITS_TRAIN};
 use bmt_trainer::kfac::KfacSettings;
-use bmt_trainer::model::Vit;
+use bmt_trainer::model::Transformer;
 use bmt_trainer::run::{run, RunOptions, Trainer};
 use bmt_trainer::TrainError;
 use candle_core::{DType, Device, Module, Tensor};
@@ -455,61 +456,6 @@ fn kfac_zero_factors_with_damping_1e_12_give_finite_updates() {
 // ---------------------------------------------------------------------------------------------
 // Configurations and command lines.
 
-/// The path of an up-to-date `bmt` binary: beside this test executable, built with
-/// `cargo build -p bmt-trainer --bin bmt` only when missing or older than the library sources
-/// (the reasons are in `crash_resume.rs`).
-fn bmt() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    fn newest(dir: &Path) -> SystemTime {
-        std::fs::read_dir(dir)
-            .map(|r| {
-                r.flatten()
-                    .map(|e| {
-                        let p = e.path();
-                        if p.is_dir() {
-                            newest(&p)
-                        } else {
-                            e.metadata()
-                                .and_then(|m| m.modified())
-                                .unwrap_or(SystemTime::UNIX_EPOCH)
-                        }
-                    })
-                    .max()
-                    .unwrap_or(SystemTime::UNIX_EPOCH)
-            })
-            .unwrap_or(SystemTime::UNIX_EPOCH)
-    }
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let bin = profile_dir.join(format!("bmt{}", std::env::consts::EXE_SUFFIX));
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut sources = newest(&root.join("crates"));
-        for f in ["Cargo.toml", "Cargo.lock"] {
-            if let Ok(t) = std::fs::metadata(root.join(f)).and_then(|m| m.modified()) {
-                sources = sources.max(t);
-            }
-        }
-        if std::fs::metadata(&bin)
-            .and_then(|m| m.modified())
-            .ok()
-            .is_none_or(|b| b < sources)
-        {
-            let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cmd.current_dir(&root)
-                .args(["build", "-p", "bmt-trainer", "--bin", "bmt"])
-                .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            assert!(
-                cmd.status().unwrap().success(),
-                "building the bmt binary failed"
-            );
-        }
-        bin
-    })
-}
 
 /// Runs `bmt train ARGS --out DIR` (unless `--resume` is among them) and checks the failure is one
 /// line `error: …` on stderr with exit code 1, no panic, and no run directory created. Returns the
@@ -550,7 +496,9 @@ fn impossible_configurations_name_their_flag_before_work_starts() {
     // Heads not dividing the width (no CLI flag sets heads: through the library).
     let out = tmp("heads");
     let mut c = TrainConfig::w1();
-    c.model.heads = 5;
+    if let bmt_trainer::model::ModelConfig::Vit(v) = &mut c.model {
+        v.heads = 5;
+    }
     let err = run(c, &out, &quiet()).unwrap_err();
     assert!(
         matches!(

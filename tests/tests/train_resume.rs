@@ -153,7 +153,9 @@ fn bad_resume_and_config_are_clear_errors() {
         "{err}"
     );
     let mut c = TrainConfig::w1();
-    c.model.heads = 3;
+    if let bmt_trainer::model::ModelConfig::Vit(v) = &mut c.model {
+        v.heads = 3;
+    }
     let err = run(
         c,
         &tmp("bad"),

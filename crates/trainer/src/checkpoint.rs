@@ -35,6 +35,9 @@ pub struct CheckpointMeta {
     /// Seconds of pure training steps so far (forward, backward, update), for `steps_per_second`.
     #[serde(default)]
     pub train_seconds: f64,
+    /// Lowest validation bits per byte so far (text runs).
+    #[serde(default)]
+    pub best_bits_per_byte: Option<f64>,
     /// Free-form state of the trainer's diagnostics (JSON), restored on resume.
     pub extra: serde_json::Value,
 }
@@ -158,11 +161,21 @@ pub fn list(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
 /// Reads and verifies one checkpoint file: format version, header, checksum.
 pub fn load(path: &Path) -> Result<(BTreeMap<String, Tensor>, CheckpointMeta)> {
     let bytes = fs::read(path).map_err(io_err(path))?;
+    load_bytes(&bytes, path)
+}
+
+/// Verifies and decodes a checkpoint already in memory (the bytes [`load`] reads from `origin`):
+/// format version, header, checksum. `origin` only names the file in error messages.
+pub fn load_bytes(
+    bytes: &[u8],
+    origin: &Path,
+) -> Result<(BTreeMap<String, Tensor>, CheckpointMeta)> {
+    let path = origin;
     let damaged = |why: String| TrainError::Checkpoint {
         msg: format!("checkpoint {} is damaged: {why}", path.display()),
     };
     let (_, header) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| damaged(e.to_string()))?;
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| damaged(e.to_string()))?;
     let info = header.metadata().clone().unwrap_or_default();
     match info.get("format") {
         Some(v) if v == FORMAT_VERSION => {}
@@ -176,7 +189,7 @@ pub fn load(path: &Path) -> Result<(BTreeMap<String, Tensor>, CheckpointMeta)> {
         }
         None => return Err(damaged("no format version in its metadata (not a brownian-transformer checkpoint?)".into())),
     }
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| damaged(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| damaged(e.to_string()))?;
     let mut tensors = BTreeMap::new();
     for (name, view) in st.tensors() {
         let t = candle_core::safetensors::Load::load(&view, &Device::Cpu)
@@ -248,6 +261,7 @@ mod tests {
             best_test_accuracy: 0.5,
             seconds_to_95pct: None,
             train_seconds: 3.0,
+            best_bits_per_byte: None,
             extra: serde_json::json!({"k": 1}),
         }
     }

@@ -19,10 +19,16 @@ use crate::run::read_config;
 
 /// The model of the run in `dir` with the weights of its newest checkpoint.
 pub fn load_run_model(dir: &Path, device: &Device) -> Result<Transformer> {
-    let config = read_config(dir)?;
-    let (tensors, _) = checkpoint::load_latest(dir)?.ok_or_else(|| TrainError::Resume {
-        dir: dir.to_path_buf(),
-        msg: "it holds no checkpoint yet: train it for at least one epoch first".into(),
+    let not_a_run = |msg: String| TrainError::Config {
+        flag: "--run",
+        msg: format!("{}: {msg}", dir.display()),
+    };
+    let config = read_config(dir).map_err(|e| match e {
+        TrainError::Resume { msg, .. } => not_a_run(msg),
+        other => other,
+    })?;
+    let (tensors, _) = checkpoint::load_latest(dir)?.ok_or_else(|| {
+        not_a_run("it holds no checkpoint yet: train it for at least one epoch first".into())
     })?;
     let weights = tensors
         .into_iter()

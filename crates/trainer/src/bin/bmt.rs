@@ -44,6 +44,7 @@ enum ModelKind {
 }
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true)]
 struct SampleArgs {
     /// Run directory of a GPT run (made by `cargo xtask train --model gpt`).
     #[arg(long, value_name = "DIR")]
@@ -349,7 +350,7 @@ fn main() -> ExitCode {
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
                 .collect();
-            eprintln!("{} (see `bmt train --help`)", text.join(" "));
+            eprintln!("{} (see `--help`)", text.join(" "));
             return ExitCode::FAILURE;
         }
         Err(e) => e.exit(),
