@@ -1,14 +1,19 @@
-//! `bench`: W1 throughput of every optimizer in one process and one sitting (`cargo xtask bench`).
+//! `bench`: W1 and W2 throughput of every optimizer in one process and one sitting
+//! (`cargo xtask bench`).
 //!
 //! For W1-adamw, W1-kfac (eigen), W1-cgfac (CG on the factors) and W1-cgfac matrix-free it trains a
 //! freshly seeded W1 model on the embedded digits (batch 64) for `--warmup` untimed and `--steps`
-//! timed steps, timing every phase of every step itself (forward + loss, backward, preconditioning,
-//! update, diagnostics); it measures candle's matmul at the shapes the model uses and at 1024³ (the
-//! machine's ceiling), and the fused against the composite LayerNorm/softmax at W1's shapes. It prints
-//! Markdown tables and, with `--json FILE`, writes the same numbers.
+//! timed steps; for W2-adamw, W2-kfac and W2-cgfac (the byte-level GPT, batch 16 × 256 bytes,
+//! K-FAC factors refreshed every 10 steps and eigenbases / inverses every 100) it does the same
+//! for `--w2-warmup` and `--w2-steps` steps on the repository's README.md repeated to 128 KiB
+//! (seeded printable bytes where the README is missing: the bytes do not matter for throughput),
+//! with diagnostics off. It times every phase of every step itself (forward + loss, backward,
+//! preconditioning, update, diagnostics); it measures candle's matmul at the shapes the models use,
+//! at 1024³ (W1's ceiling) and at W2's two largest products (W2's ceiling), and the fused against
+//! the composite LayerNorm/softmax at W1's shapes. It prints Markdown tables and, with
+//! `--json FILE`, writes the same numbers.
 //!
 //! Timings mean something only on an otherwise idle machine (`docs/CANDLE-NOTES.md`, Threads).
-
 
 /// Keeps freed pages for reuse (see `bmt_trainer::alloc`).
 #[global_allocator]
@@ -19,21 +24,21 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bmt_trainer::config::{OptimizerKind, TrainConfig};
-use bmt_trainer::data::Batch;
+use bmt_trainer::data::{split_text, Batch};
 use bmt_trainer::diag::Diagnostics;
 use bmt_trainer::kfac::{KfacSettings, DEFAULT_LR};
-use bmt_trainer::model::{Transformer, VitConfig};
+use bmt_trainer::model::{GptConfig, Transformer, VitConfig};
 use bmt_trainer::ops::{
     layer_norm_normalize, layer_norm_normalize_composite, softmax_last_dim,
     softmax_last_dim_composite,
 };
 use bmt_trainer::run::{
-    epoch_batches, fit_model_to_data, load_data, peak_memory_mib, MetricsFile, RunData, StepOutcome,
-    Trainer,
+    epoch_batches, fit_model_to_data, load_data, peak_memory_mib, MetricsFile, RunData,
+    StepOutcome, Trainer,
 };
 use candle_core::{DType, Device, Tensor, Var};
 use clap::Parser;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use serde_json::Value;
@@ -41,59 +46,108 @@ use serde_json::Value;
 #[derive(Parser)]
 #[command(
     name = "bench",
-    about = "W1 throughput (AdamW, K-FAC, CG-FAC, CG-FAC matrix-free), GEMM ceiling, fused ops"
+    about = "W1 throughput (AdamW, K-FAC, CG-FAC, CG-FAC matrix-free), W2 throughput (AdamW, \
+             K-FAC, CG-FAC), GEMM ceilings, fused ops"
 )]
 struct Args {
     /// Also write every number as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Smoke test: 2 warm-up + 10 timed steps and short GEMM runs (timings are not meaningful).
+    /// Smoke test: 2 warm-up + 10 timed W1 steps, 1 + 2 W2 steps and short GEMM runs (timings
+    /// are not meaningful).
     #[arg(long)]
     quick: bool,
     /// CPU threads for candle's kernels (set before any tensor work).
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Untimed warm-up steps per workload (default 10, 2 with --quick).
+    /// Untimed warm-up steps per W1 workload (default 10, 2 with --quick).
     #[arg(long)]
     warmup: Option<usize>,
-    /// Timed steps per workload (default 100, 10 with --quick).
+    /// Timed steps per W1 workload (default 100, 10 with --quick).
     #[arg(long)]
     steps: Option<usize>,
+    /// Untimed warm-up steps per W2 workload (default 3, 1 with --quick).
+    #[arg(long)]
+    w2_warmup: Option<usize>,
+    /// Timed steps per W2 workload (default 10, 2 with --quick; 10 covers one K-FAC factor
+    /// refresh, the eigenbasis / inverse refresh of every 100 steps is amortised from the warm-up).
+    #[arg(long)]
+    w2_steps: Option<usize>,
     /// Run only these workloads, in this order (repeatable: W1-adamw, W1-kfac, W1-cgfac,
-    /// W1-cgfac-mf); default: all four.
+    /// W1-cgfac-mf, W2-adamw, W2-kfac, W2-cgfac); default: all seven.
     #[arg(long)]
     only: Vec<String>,
 }
 
-/// One W1 variant.
+/// Which model a workload trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// The ViT on the embedded digits.
+    W1,
+    /// The byte-level GPT on text.
+    W2,
+}
+
+/// One W1 or W2 variant.
 struct Workload {
     name: &'static str,
+    family: Family,
     optimizer: OptimizerKind,
     solver: Option<&'static str>,
 }
 
-const WORKLOADS: [Workload; 4] = [
+const WORKLOADS: [Workload; 7] = [
     Workload {
         name: "W1-adamw",
+        family: Family::W1,
         optimizer: OptimizerKind::Adamw,
         solver: None,
     },
     Workload {
         name: "W1-kfac",
+        family: Family::W1,
         optimizer: OptimizerKind::Kfac,
         solver: Some("eigen"),
     },
     Workload {
         name: "W1-cgfac",
+        family: Family::W1,
         optimizer: OptimizerKind::Cgfac,
         solver: Some("cg"),
     },
     Workload {
         name: "W1-cgfac-mf",
+        family: Family::W1,
         optimizer: OptimizerKind::Cgfac,
         solver: Some("cg-matrix-free"),
     },
+    Workload {
+        name: "W2-adamw",
+        family: Family::W2,
+        optimizer: OptimizerKind::Adamw,
+        solver: None,
+    },
+    Workload {
+        name: "W2-kfac",
+        family: Family::W2,
+        optimizer: OptimizerKind::Kfac,
+        solver: Some("eigen"),
+    },
+    Workload {
+        name: "W2-cgfac",
+        family: Family::W2,
+        optimizer: OptimizerKind::Cgfac,
+        solver: Some("cg"),
+    },
 ];
+
+/// W2's K-FAC / CG-FAC factor refresh period (WORKLOADS.md, W2).
+const W2_K_FAC: u64 = 10;
+/// W2's K-FAC / CG-FAC eigenbasis / inverse refresh period (WORKLOADS.md, W2).
+const W2_K_INV: u64 = 100;
+/// Bytes of W2's benchmark text: 128 KiB give ≈ 460 training windows of 256 bytes per epoch, i.e.
+/// ≈ 28 batches of 16, more than the default warm-up + timed steps, so every step draws a fresh batch.
+const W2_TEXT_BYTES: usize = 128 * 1024;
 
 /// Seconds per phase, summed over the timed steps.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -144,6 +198,18 @@ struct KfacBreakdown {
     inverse_refresh_steps: usize,
     /// Mean CG iterations over the timed steps that ran CG.
     cg_iterations_mean: f64,
+    /// Factor refresh period `k_fac`.
+    k_fac: u64,
+    /// Eigenbasis / inverse refresh period `k_inv`.
+    k_inv: u64,
+    /// Mean solve milliseconds of the steps (warm-up included) that recomputed eigenbases /
+    /// inverses; `None` if none did (the CG solvers keep none).
+    inverse_refresh_solve_ms: Option<f64>,
+    /// Milliseconds per training step over a whole `k_inv` cycle: the mean of the timed steps
+    /// without an inverse refresh, plus `(inverse_refresh_solve_ms − their mean solve ms) / k_inv`.
+    /// Equals `ms_per_step` when the timed steps cover whole cycles; for W2 (k_inv = 100, ~10
+    /// timed steps) it adds the refresh of step 0, seen in the warm-up, at its share.
+    amortised_ms_per_step: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -155,6 +221,10 @@ struct WorkloadResult {
     timed_steps: usize,
     batch_size: usize,
     tokens_per_sample: usize,
+    /// Data the steps drew their batches from.
+    data: String,
+    /// Whether the diagnostics ran (W1: yes, measured; W2: off).
+    diagnostics: bool,
     /// Training steps per second (forward, backward, preconditioning, update; no diagnostics).
     steps_per_s: f64,
     /// `steps_per_s · batch · tokens`.
@@ -163,22 +233,28 @@ struct WorkloadResult {
     ms_per_step: f64,
     /// Slowest timed training step, milliseconds (K-FAC refresh steps show here).
     max_ms_per_step: f64,
-    /// Diagnostics milliseconds per step (on_step measured, on_epoch amortised).
+    /// Diagnostics milliseconds per step (on_step measured, on_epoch amortised; 0 when off).
     diagnostics_ms_per_step: f64,
     /// Seconds per phase, summed over the timed steps.
     phases_s: Phases,
     /// Share of each phase in training step + diagnostics.
     phase_share: Phases,
-    /// One `Diagnostics::on_epoch` call, seconds (amortised over `steps_per_epoch`).
+    /// One `Diagnostics::on_epoch` call, seconds (amortised over `steps_per_epoch`; 0 when off).
     on_epoch_s: f64,
     steps_per_epoch: usize,
     kfac: Option<KfacBreakdown>,
-    /// Model FLOPs per training step (analytic, `w1_flops_per_step`).
+    /// Model FLOPs per training step (analytic: `vit_flops_per_step`, `gpt_flops_per_step`).
     model_flops_per_step: f64,
     /// `model_flops_per_step · steps_per_s / 1e9`.
     achieved_gflops: f64,
-    /// `achieved_gflops` over the 1024³ GEMM ceiling.
+    /// The GEMM this workload is measured against (W1: 1024³; W2: the faster of its FC₁/FC₂).
+    ceiling: String,
+    /// That GEMM's rate, GFLOP/s.
+    ceiling_gflops: f64,
+    /// `achieved_gflops / ceiling_gflops`.
     ceiling_fraction: f64,
+    /// `achieved_gflops` over the 1024³ GEMM (equal to `ceiling_fraction` for W1).
+    fraction_of_1024_gemm: f64,
     /// VmHWM after this workload, MiB (reset before it where the kernel allows, see `peak_reset`).
     peak_memory_mib: Option<f64>,
     final_loss: f64,
@@ -216,18 +292,24 @@ struct Report {
     /// Whether VmHWM could be reset before each workload (`/proc/self/clear_refs`).
     peak_reset: bool,
     gemm: Vec<GemmResult>,
+    /// The 1024³ GEMM, W1's ceiling.
     gemm_ceiling_gflops: f64,
+    /// The faster of W2's FC₁ and FC₂ GEMMs, W2's ceiling.
+    w2_gemm_ceiling_gflops: f64,
     workloads: Vec<WorkloadResult>,
+    /// W2's goal (issue): model FLOP/s at ≥ this fraction of W2's GEMM ceiling.
+    w2_goal_fraction: f64,
+    /// The benchmark text of W2, if a W2 workload ran.
+    w2_data: Option<String>,
     fused_vs_composite_ops: Vec<OpResult>,
     fused_vs_composite_step: &'static str,
-    w2: &'static str,
     /// VmHWM before the first workload (data, GEMM and op benchmarks), MiB.
     setup_peak_memory_mib: Option<f64>,
     wall_s: f64,
 }
 
-const W2_NOTE: &str =
-    "W2 (byte-level GPT) is not benchmarked: the GPT model is not implemented in this codebase yet.";
+/// W2's goal in the issue: "W2 at half of this machine's Candle f32 GEMM rate in model FLOPs".
+const W2_GOAL_FRACTION: f64 = 0.5;
 const STEP_SWITCH_NOTE: &str = "not measured per W1 step: the model calls the fused \
     ops::layer_norm_normalize and ops::softmax_last_dim unconditionally, so switching needs a model \
     change; the op-level numbers at W1's shapes are below.";
@@ -265,6 +347,38 @@ fn vit_flops_per_step(c: &VitConfig, batch: usize) -> f64 {
         + 2.0 * (b * t) * m * d;
     let head = 2.0 * b * d * c.classes as f64;
     3.0 * (patch + c.depth as f64 * block + head)
+}
+
+/// Model FLOPs of one training step of the byte-level GPT, counted analytically as for
+/// [`vit_flops_per_step`] (2·m·n·k per matmul, backward = 2 × forward).
+///
+/// With B = batch, T = context, d = width, H = heads, d_h = d/H, m = MLP width, V = vocabulary,
+/// L = depth:
+///
+/// forward = L · [ 4 · 2·(B·T)·d·d                   Q, K, V, O
+///               + 2 · 2·(B·H)·T·T·d_h               QKᵀ and attention·V (full T×T)
+///               + 2·(B·T)·d·m + 2·(B·T)·m·d ]       FC₁, FC₂
+///         + 2·(B·T)·d·V                             head (every position)
+///         = 2·N·(B·T) + 4·L·B·T²·d,   N = L·(4d² + 2dm) + dV, the non-embedding matmul weights
+/// step    = 3 · forward = 6·N·(B·T) + 12·L·B·T²·d
+///
+/// The byte and position embeddings are lookups and additions, not matmuls, and are not counted;
+/// neither are biases, LayerNorm, softmax, GELU, residuals, the loss and the optimizer. The
+/// attention products are counted over the full T×T score matrix, which the model computes before
+/// masking (the causal half alone would be half that term). W2 (B = 16, T = 256, d = 256, H = 8,
+/// m = 1024, V = 256, L = 6): N = 4 784 128, forward 45.63 GFLOP, step 136.90 GFLOP (117.57 in the
+/// 6·N·B·T term, 19.33 in attention).
+fn gpt_flops_per_step(c: &GptConfig, batch: usize) -> f64 {
+    let (b, t, d, m, v, l) = (
+        batch as f64,
+        c.context as f64,
+        c.dim as f64,
+        c.mlp_dim as f64,
+        c.vocab as f64,
+        c.depth as f64,
+    );
+    let n = l * (4.0 * d * d + 2.0 * d * m) + d * v;
+    6.0 * n * (b * t) + 12.0 * l * b * t * t * d
 }
 
 /// Resets the process's VmHWM to its current RSS (Linux ≥ 4.0: `5` into `/proc/self/clear_refs`).
@@ -330,10 +444,24 @@ fn time_ms(
     Ok((median(times), n))
 }
 
+/// Name prefix of W2's GEMMs in [`bench_gemm`]'s list.
+const W2_GEMM_PREFIX: &str = "W2 ";
+/// Name of the 1024³ GEMM in [`bench_gemm`]'s list.
+const CEILING_GEMM: &str = "ceiling: 1024³";
+
 /// candle matmul at W1's shapes (activations `(B·T) × in` times a weight `(out, in)` transposed, as
-/// `TrackedLinear` does; the per-head attention products) and at 1024³.
-fn bench_gemm(c: &VitConfig, batch: usize, min_s: f64, device: &Device) -> Result<Vec<GemmResult>> {
+/// `TrackedLinear` does; the per-head attention products), at W2's two largest products (FC₁ and
+/// FC₂ at batch `w2_batch`, equal FLOPs, different aspect) and at 1024³.
+fn bench_gemm(
+    c: &VitConfig,
+    batch: usize,
+    g: &GptConfig,
+    w2_batch: usize,
+    min_s: f64,
+    device: &Device,
+) -> Result<Vec<GemmResult>> {
     let rows = batch * c.tokens();
+    let rows2 = w2_batch * g.context;
     let bh = batch * c.heads;
     let (t, dh) = (c.tokens(), c.head_dim());
     // (name, batch, m, k, n, weight layout (n, k) transposed)
@@ -370,7 +498,23 @@ fn bench_gemm(c: &VitConfig, batch: usize, min_s: f64, device: &Device) -> Resul
             t,
             false,
         ),
-        ("ceiling: 1024³".into(), 1, 1024, 1024, 1024, false),
+        (
+            format!("{W2_GEMM_PREFIX}FC₁: ({rows2}×{0})·Wᵀ", g.dim),
+            1,
+            rows2,
+            g.dim,
+            g.mlp_dim,
+            true,
+        ),
+        (
+            format!("{W2_GEMM_PREFIX}FC₂: ({rows2}×{0})·Wᵀ", g.mlp_dim),
+            1,
+            rows2,
+            g.mlp_dim,
+            g.dim,
+            true,
+        ),
+        (CEILING_GEMM.into(), 1, 1024, 1024, 1024, false),
     ];
     let mut out = Vec::new();
     for (name, nb, m, k, n, weight_layout) in cases {
@@ -458,18 +602,65 @@ fn bench_ops(c: &VitConfig, batch: usize, min_s: f64, device: &Device) -> Result
     Ok(out)
 }
 
-/// The configuration of `w`: W1, with bmt's defaults for the optimizer's learning rate.
-fn workload_config(w: &Workload, threads: usize) -> TrainConfig {
-    let mut config = TrainConfig::w1();
+/// The configuration of `w`, with bmt's defaults for the optimizer's learning rate: W1 with its
+/// K-FAC defaults; W2 (`text_origin` names its data) with diagnostics off and the K-FAC defaults
+/// of the GPT (expand weight sharing) at WORKLOADS.md's refresh periods k_fac = 10, k_inv = 100.
+fn workload_config(w: &Workload, threads: usize, text_origin: &str) -> TrainConfig {
+    let mut config = match w.family {
+        Family::W1 => TrainConfig::w1(),
+        Family::W2 => {
+            let mut c = TrainConfig::w2(text_origin);
+            c.diagnostics = false;
+            c
+        }
+    };
     config.optimizer = w.optimizer;
     config.threads = threads;
     if let Some(solver) = w.solver {
         config.lr = DEFAULT_LR;
-        let mut k = KfacSettings::defaults(w.optimizer);
+        let mut k = KfacSettings::for_model(w.optimizer, &config.model);
+        if w.family == Family::W2 {
+            k.k_fac = W2_K_FAC;
+            k.k_inv = W2_K_INV;
+        }
         k.solver = solver.into();
         config.kfac = Some(k);
     }
     config
+}
+
+/// W2's benchmark text: the repository's README.md, or (if it is missing) seeded printable ASCII,
+/// repeated to [`W2_TEXT_BYTES`], split as `bmt train --data text:FILE` splits (10% of the blocks
+/// held out, split seed 0). Returns the data and a description of its origin.
+fn w2_data(context: usize) -> Result<(RunData, String)> {
+    let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let (seed_bytes, origin) = match std::fs::read(&readme) {
+        Ok(b) if !b.is_empty() => (b, "README.md".to_string()),
+        _ => {
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let b = (0..4096).map(|_| rng.random_range(b' '..=b'~')).collect();
+            (
+                b,
+                "seeded printable ASCII (README.md not found)".to_string(),
+            )
+        }
+    };
+    let bytes: Vec<u8> = seed_bytes
+        .iter()
+        .copied()
+        .cycle()
+        .take(W2_TEXT_BYTES.max(seed_bytes.len()))
+        .collect();
+    let origin = format!("{origin} ({} bytes) repeated", seed_bytes.len());
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let split = split_text(
+        &bytes,
+        &origin,
+        context,
+        bmt_trainer::run::TEXT_VALIDATION_FRACTION,
+        &mut rng,
+    )?;
+    Ok((RunData::Text(split), origin))
 }
 
 /// Per-step timings of one training step, the same work as `Trainer::train_step`.
@@ -503,6 +694,7 @@ fn timed_step(tr: &mut Trainer, batch: &Batch) -> Result<StepTiming> {
                 factor_refresh_steps: usize::from(stat(s, "refreshed_factors") > 0.0),
                 inverse_refresh_steps: usize::from(stat(s, "refreshed_inverses") > 0.0),
                 cg_iterations_mean: stat(s, "cg_iterations_mean"),
+                ..KfacBreakdown::default()
             };
             let ran_cg = b.cg_iterations_mean > 0.0;
             ((t.optimizer - upd).max(0.0), upd, Some((b, ran_cg)))
@@ -521,28 +713,42 @@ fn timed_step(tr: &mut Trainer, batch: &Batch) -> Result<StepTiming> {
     })
 }
 
+/// What `bench_workload` measures a workload against.
+struct Ceilings {
+    /// The 1024³ GEMM, GFLOP/s.
+    gemm_1024: f64,
+    /// The faster of W2's FC₁ / FC₂ GEMMs, GFLOP/s.
+    w2: f64,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn bench_workload(
     w: &Workload,
     data: &RunData,
+    data_origin: &str,
     device: &Device,
     threads: usize,
     warmup: usize,
     steps: usize,
-    ceiling: f64,
+    ceilings: &Ceilings,
     scratch: &std::path::Path,
 ) -> Result<WorkloadResult> {
-    let mut config = workload_config(w, threads);
+    let mut config = workload_config(w, threads, data_origin);
     let patch = config.model.as_vit().map(|v| v.patch);
     fit_model_to_data(&mut config, data, patch);
     config.validate()?;
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let model = Transformer::init(config.model.clone(), &mut rng, DType::F32, device)?;
     let mut tr = Trainer::new(config.clone(), model, device.clone())?;
-    let mut diagnostics = Diagnostics::new(&config, data.test(), device)?;
     let metrics_path = scratch.join(format!("{}.jsonl", w.name));
-    let mut metrics = MetricsFile::open(&metrics_path)?;
-    diagnostics.on_start(&tr.model, &mut metrics)?;
+    let mut diag = if config.diagnostics {
+        let mut diagnostics = Diagnostics::new(&config, data.test(), device)?;
+        let mut metrics = MetricsFile::open(&metrics_path)?;
+        diagnostics.on_start(&tr.model, &mut metrics)?;
+        Some((diagnostics, metrics))
+    } else {
+        None
+    };
 
     let n = data.train().len();
     let per_epoch = data.train().epoch_len().max(config.batch_size).min(n);
@@ -558,6 +764,10 @@ fn bench_workload(
     let mut cg_steps = 0usize;
     let mut max_step = 0.0f64;
     let mut last_loss = f64::NAN;
+    // Inverse-refresh solve seconds (warm-up included); timed non-refresh steps: count, training
+    // seconds, solve seconds.
+    let mut inv_solves = Vec::new();
+    let (mut plain_n, mut plain_train, mut plain_solve) = (0usize, 0.0f64, 0.0f64);
     let mut batches = Vec::new();
     for i in 0..warmup + steps {
         if i % spe == 0 {
@@ -565,10 +775,17 @@ fn bench_workload(
         }
         let batch = data.train().batch(&batches[i % spe], device)?;
         let mut st = timed_step(&mut tr, &batch)?;
-        let td = Instant::now();
-        diagnostics.on_step(&tr, &batch, &st.outcome, &mut metrics)?;
-        st.phases.diagnostics += td.elapsed().as_secs_f64();
+        if let Some((diagnostics, metrics)) = diag.as_mut() {
+            let td = Instant::now();
+            diagnostics.on_step(&tr, &batch, &st.outcome, metrics)?;
+            st.phases.diagnostics += td.elapsed().as_secs_f64();
+        }
         last_loss = st.outcome.loss;
+        if let Some((b, _)) = &st.kfac {
+            if b.inverse_refresh_steps > 0 {
+                inv_solves.push(b.solve_s);
+            }
+        }
         if i < warmup {
             continue;
         }
@@ -580,6 +797,11 @@ fn bench_workload(
             kb.solve_s += b.solve_s;
             kb.factor_refresh_steps += b.factor_refresh_steps;
             kb.inverse_refresh_steps += b.inverse_refresh_steps;
+            if b.inverse_refresh_steps == 0 {
+                plain_n += 1;
+                plain_train += st.phases.train();
+                plain_solve += b.solve_s;
+            }
             if ran_cg {
                 kb.cg_iterations_mean += b.cg_iterations_mean;
                 cg_steps += 1;
@@ -587,12 +809,15 @@ fn bench_workload(
         }
     }
     // The end-of-epoch diagnostics, once, amortised over an epoch's steps.
-    let te = Instant::now();
-    diagnostics.on_epoch(&tr, 1)?;
-    let on_epoch_s = te.elapsed().as_secs_f64();
-    sum.diagnostics += on_epoch_s * steps as f64 / spe as f64;
-    drop(metrics);
-    let _ = std::fs::remove_file(&metrics_path);
+    let mut on_epoch_s = 0.0;
+    if let Some((mut diagnostics, metrics)) = diag {
+        let te = Instant::now();
+        diagnostics.on_epoch(&tr, 1)?;
+        on_epoch_s = te.elapsed().as_secs_f64();
+        sum.diagnostics += on_epoch_s * steps as f64 / spe as f64;
+        drop(metrics);
+        let _ = std::fs::remove_file(&metrics_path);
+    }
     if cg_steps > 0 {
         kb.cg_iterations_mean /= cg_steps as f64;
     }
@@ -607,8 +832,46 @@ fn bench_workload(
     };
     let train = sum.train().max(1e-12);
     let steps_per_s = steps as f64 / train;
+    let ms_per_step = 1e3 * train / steps as f64;
     let tokens = config.model.tokens();
-    let flops = vit_flops_per_step(config.model.as_vit().context("W1 is a ViT")?, config.batch_size);
+    let (flops, ceiling, ceiling_gflops) = match w.family {
+        Family::W1 => (
+            vit_flops_per_step(
+                config.model.as_vit().context("W1 is a ViT")?,
+                config.batch_size,
+            ),
+            CEILING_GEMM.to_string(),
+            ceilings.gemm_1024,
+        ),
+        Family::W2 => (
+            gpt_flops_per_step(
+                config.model.as_gpt().context("W2 is a GPT")?,
+                config.batch_size,
+            ),
+            "W2 FC₁/FC₂ GEMM".to_string(),
+            ceilings.w2,
+        ),
+    };
+    if let Some(k) = &config.kfac {
+        kb.k_fac = k.k_fac;
+        kb.k_inv = k.k_inv;
+        if inv_solves.is_empty() {
+            // A solver without eigenbases / inverses (CG): nothing to amortise.
+            kb.amortised_ms_per_step = Some(ms_per_step);
+        } else {
+            let inv_ms = 1e3 * inv_solves.iter().sum::<f64>() / inv_solves.len() as f64;
+            kb.inverse_refresh_solve_ms = Some(inv_ms);
+            kb.amortised_ms_per_step = Some(if plain_n == 0 {
+                ms_per_step
+            } else {
+                let (pt, ps) = (
+                    1e3 * plain_train / plain_n as f64,
+                    1e3 * plain_solve / plain_n as f64,
+                );
+                pt + (inv_ms - ps).max(0.0) / k.k_inv.max(1) as f64
+            });
+        }
+    }
     let achieved = flops * steps_per_s / 1e9;
     Ok(WorkloadResult {
         name: w.name.into(),
@@ -618,9 +881,11 @@ fn bench_workload(
         timed_steps: steps,
         batch_size: config.batch_size,
         tokens_per_sample: tokens,
+        data: data.description().to_string(),
+        diagnostics: config.diagnostics,
         steps_per_s,
         tokens_per_s: steps_per_s * (config.batch_size * tokens) as f64,
-        ms_per_step: 1e3 * train / steps as f64,
+        ms_per_step,
         max_ms_per_step: 1e3 * max_step,
         diagnostics_ms_per_step: 1e3 * sum.diagnostics / steps as f64,
         phases_s: sum,
@@ -630,7 +895,10 @@ fn bench_workload(
         kfac: w.solver.map(|_| kb),
         model_flops_per_step: flops,
         achieved_gflops: achieved,
-        ceiling_fraction: achieved / ceiling,
+        ceiling,
+        ceiling_gflops,
+        ceiling_fraction: achieved / ceiling_gflops,
+        fraction_of_1024_gemm: achieved / ceilings.gemm_1024,
         peak_memory_mib: peak_memory_mib(),
         final_loss: last_loss,
     })
@@ -642,6 +910,39 @@ fn pct(x: f64) -> String {
 
 fn opt_mib(m: Option<f64>) -> String {
     m.map_or_else(|| "n/a".into(), |v| format!("{v:.0}"))
+}
+
+/// The rows of the workload table (the same columns for W1 and W2).
+fn print_workload_rows(ws: &[&WorkloadResult]) {
+    println!(
+        "| workload | steps | steps/s | tokens/s | ms/step | max ms | forward | backward | precondition | update | diagnostics | GFLOP/step | GFLOP/s | of ceiling | peak MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for w in ws {
+        println!(
+            "| {} | {}+{} | {:.2} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {:.3} | {:.2} | {} | {} |",
+            w.name,
+            w.warmup_steps,
+            w.timed_steps,
+            w.steps_per_s,
+            w.tokens_per_s,
+            w.ms_per_step,
+            w.max_ms_per_step,
+            pct(w.phase_share.forward),
+            pct(w.phase_share.backward),
+            pct(w.phase_share.precondition),
+            pct(w.phase_share.update),
+            if w.diagnostics {
+                pct(w.phase_share.diagnostics)
+            } else {
+                "off".into()
+            },
+            w.model_flops_per_step / 1e9,
+            w.achieved_gflops,
+            pct(w.ceiling_fraction),
+            opt_mib(w.peak_memory_mib),
+        );
+    }
 }
 
 fn print_report(r: &Report) {
@@ -672,68 +973,107 @@ fn print_report(r: &Report) {
         );
     }
     println!();
-    println!("## W1 training steps (batch 64, 17 tokens, digits)");
-    println!();
-    println!(
-        "| workload | steps | steps/s | tokens/s | ms/step | max ms | forward | backward | precondition | update | diagnostics | GFLOP/step | GFLOP/s | of ceiling | peak MiB |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for w in &r.workloads {
+    let w1: Vec<&WorkloadResult> = r
+        .workloads
+        .iter()
+        .filter(|w| w.name.starts_with("W1"))
+        .collect();
+    let w2: Vec<&WorkloadResult> = r
+        .workloads
+        .iter()
+        .filter(|w| w.name.starts_with("W2"))
+        .collect();
+    let peak = if r.peak_reset {
+        ", reset before each workload to the current RSS (which keeps the pages freed by earlier \
+         workloads, see bmt_trainer::alloc)"
+    } else {
+        " of the process so far (could not reset it)"
+    };
+    if !w1.is_empty() {
+        println!("## W1 training steps (batch 64, 17 tokens, digits)");
+        println!();
+        print_workload_rows(&w1);
+        println!();
         println!(
-            "| {} | {}+{} | {:.2} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {:.3} | {:.2} | {} | {} |",
-            w.name,
-            w.warmup_steps,
-            w.timed_steps,
-            w.steps_per_s,
-            w.tokens_per_s,
-            w.ms_per_step,
-            w.max_ms_per_step,
-            pct(w.phase_share.forward),
-            pct(w.phase_share.backward),
-            pct(w.phase_share.precondition),
-            pct(w.phase_share.update),
-            pct(w.phase_share.diagnostics),
-            w.model_flops_per_step / 1e9,
-            w.achieved_gflops,
-            pct(w.ceiling_fraction),
-            opt_mib(w.peak_memory_mib),
+            "steps/s, tokens/s (batch·17/s), ms/step and GFLOP/s are the training step (forward, \
+             backward, preconditioning, update) without diagnostics; the phase shares are of \
+             training step + diagnostics (per-step snapshots measured, one end-of-epoch \
+             diagnostics amortised over an epoch's steps). GFLOP/step is the analytic model count \
+             (3 × forward matmuls), so K-FAC's extra work lowers its GFLOP/s. Ceiling: the 1024³ \
+             GEMM, {:.1} GFLOP/s. Peak memory: VmHWM{peak}.",
+            r.gemm_ceiling_gflops,
         );
+        println!();
     }
-    println!();
-    println!(
-        "steps/s, tokens/s (batch·17/s), ms/step and GFLOP/s are the training step (forward, backward, \
-         preconditioning, update) without diagnostics; the phase shares are of training step + \
-         diagnostics (per-step snapshots measured, one end-of-epoch diagnostics amortised over an \
-         epoch's steps). GFLOP/step is the analytic model count (3 × forward matmuls), so K-FAC's \
-         extra work lowers its GFLOP/s. Ceiling: the 1024³ GEMM, {:.1} GFLOP/s. Peak memory: VmHWM{}.",
-        r.gemm_ceiling_gflops,
-        if r.peak_reset {
-            ", reset before each workload"
-        } else {
-            " of the process so far (could not reset it)"
-        }
-    );
-    println!();
-    println!("## K-FAC preconditioning, ms per timed step");
-    println!();
-    println!("| workload | curvature backward | factors | solve | factor refreshes | inverse refreshes | mean CG iterations |");
-    println!("|---|---|---|---|---|---|---|");
-    for w in &r.workloads {
-        if let Some(k) = &w.kfac {
-            let s = w.timed_steps as f64;
+    if !w2.is_empty() {
+        println!("## W2 training steps (byte-level GPT, batch 16, 256 tokens, diagnostics off)");
+        println!();
+        print_workload_rows(&w2);
+        println!();
+        println!(
+            "Data: {}; the bytes do not matter for throughput (WORKLOADS.md). Diagnostics are off \
+             for W2 (0% above): its numbers are the training step alone. tokens/s = batch·256 \
+             steps/s. GFLOP/step = 6·N·B·T + 12·L·B·T²·d (N = 4.78 M non-embedding matmul \
+             weights; full T×T attention; embedding lookups not counted). Ceiling: the faster of \
+             W2's FC₁/FC₂ GEMMs, {:.1} GFLOP/s (the 1024³ GEMM: {:.1}). K-FAC / CG-FAC: factors \
+             every 10 steps, eigenbases / inverses every 100 (the K-FAC table's cycle-amortised \
+             ms/step adds the latter's cost). Peak memory: VmHWM{peak}.",
+            r.w2_data.as_deref().unwrap_or("none"),
+            r.w2_gemm_ceiling_gflops,
+            r.gemm_ceiling_gflops,
+        );
+        println!();
+        for w in &w2 {
             println!(
-                "| {} | {:.2} | {:.2} | {:.2} | {} | {} | {:.1} |",
+                "W2 goal (issue: model FLOP/s ≥ {} of the Candle f32 GEMM rate at W2's shapes): \
+                 {} at {} ({} of the 1024³ GEMM) → {}.",
+                pct(r.w2_goal_fraction),
                 w.name,
-                1e3 * k.curvature_backward_s / s,
-                1e3 * k.factors_s / s,
-                1e3 * k.solve_s / s,
-                k.factor_refresh_steps,
-                k.inverse_refresh_steps,
-                k.cg_iterations_mean
+                pct(w.ceiling_fraction),
+                pct(w.fraction_of_1024_gemm),
+                if w.ceiling_fraction >= r.w2_goal_fraction {
+                    "met"
+                } else {
+                    "not met"
+                }
             );
         }
+        println!();
     }
-    println!();
+    if r.workloads.iter().any(|w| w.kfac.is_some()) {
+        println!("## K-FAC preconditioning, ms per timed step");
+        println!();
+        println!("| workload | curvature backward | factors | solve | factor refreshes (every k_fac) | inverse refreshes (every k_inv) | inverse-refresh solve ms | ms/step over a k_inv cycle | mean CG iterations |");
+        println!("|---|---|---|---|---|---|---|---|---|");
+        for w in &r.workloads {
+            if let Some(k) = &w.kfac {
+                let s = w.timed_steps as f64;
+                println!(
+                    "| {} | {:.2} | {:.2} | {:.2} | {} ({}) | {} ({}) | {} | {} | {:.1} |",
+                    w.name,
+                    1e3 * k.curvature_backward_s / s,
+                    1e3 * k.factors_s / s,
+                    1e3 * k.solve_s / s,
+                    k.factor_refresh_steps,
+                    k.k_fac,
+                    k.inverse_refresh_steps,
+                    k.k_inv,
+                    k.inverse_refresh_solve_ms
+                        .map_or_else(|| "n/a".into(), |v| format!("{v:.1}")),
+                    k.amortised_ms_per_step
+                        .map_or_else(|| "n/a".into(), |v| format!("{v:.1}")),
+                    k.cg_iterations_mean
+                );
+            }
+        }
+        println!();
+        println!(
+            "Inverse-refresh solve: the mean solve time of the steps that recomputed eigenbases / \
+             inverses, warm-up included (step 0 always does). ms/step over a k_inv cycle: the timed \
+             steps without such a refresh, plus that solve's excess over theirs divided by k_inv."
+        );
+        println!();
+    }
     println!("## Fused vs composite LayerNorm / softmax (forward + backward, median)");
     println!();
     println!("Per W1 step: {}", r.fused_vs_composite_step);
@@ -752,8 +1092,6 @@ fn print_report(r: &Report) {
             (o.composite_ms - o.fused_ms) * o.per_step as f64
         );
     }
-    println!();
-    println!("{}", r.w2);
     println!();
     println!(
         "Peak memory before the first workload (data, GEMM, ops) {} MiB; wall {:.1} s.",
@@ -777,30 +1115,27 @@ fn bench(args: Args) -> Result<()> {
     // Before any tensor work: candle reads the thread count once for its pool.
     bmt_trainer::device::set_cpu_threads(args.threads)?;
     let start = Instant::now();
-    let (warmup, steps) = if args.quick {
-        (args.warmup.unwrap_or(2), args.steps.unwrap_or(10))
+    let (warmup, steps, w2_warmup, w2_steps) = if args.quick {
+        (
+            args.warmup.unwrap_or(2),
+            args.steps.unwrap_or(10),
+            args.w2_warmup.unwrap_or(1),
+            args.w2_steps.unwrap_or(2),
+        )
     } else {
-        (args.warmup.unwrap_or(10), args.steps.unwrap_or(100))
+        (
+            args.warmup.unwrap_or(10),
+            args.steps.unwrap_or(100),
+            args.w2_warmup.unwrap_or(3),
+            args.w2_steps.unwrap_or(10),
+        )
     };
     if steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let min_s = if args.quick { 0.05 } else { 1.0 };
-    let device = Device::Cpu;
-    let base = TrainConfig::w1();
-    let data = load_data(&base).context("loading the digits")?;
-
-    eprintln!("GEMM ...");
-    let w1 = base.model.as_vit().context("W1 is a ViT")?;
-    let gemm = bench_gemm(w1, base.batch_size, min_s, &device)?;
-    let ceiling = gemm.last().map_or(f64::NAN, |g| g.gflops);
-    eprintln!("fused vs composite ops ...");
-    let ops = bench_ops(w1, base.batch_size, min_s, &device)?;
-
-    let scratch = std::env::temp_dir().join(format!("bmt-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    let setup_peak_memory_mib = peak_memory_mib();
-    let mut peak_reset = true;
+    if w2_steps == 0 {
+        bail!("--w2-steps must be at least 1");
+    }
     let selected: Vec<&Workload> = if args.only.is_empty() {
         WORKLOADS.iter().collect()
     } else {
@@ -811,23 +1146,63 @@ fn bench(args: Args) -> Result<()> {
                     .iter()
                     .find(|w| w.name.eq_ignore_ascii_case(n))
                     .with_context(|| {
-                        format!("--only {n}: use W1-adamw, W1-kfac, W1-cgfac or W1-cgfac-mf")
+                        let names: Vec<&str> = WORKLOADS.iter().map(|w| w.name).collect();
+                        format!("--only {n}: use one of {}", names.join(", "))
                     })
             })
             .collect::<Result<_>>()?
     };
+    let min_s = if args.quick { 0.05 } else { 1.0 };
+    let device = Device::Cpu;
+    let base = TrainConfig::w1();
+    let data = load_data(&base).context("loading the digits")?;
+    let base2 = TrainConfig::w2("README.md");
+    let gpt = base2.model.as_gpt().context("W2 is a GPT")?;
+    let text = if selected.iter().any(|w| w.family == Family::W2) {
+        Some(w2_data(gpt.context).context("preparing W2's text")?)
+    } else {
+        None
+    };
+
+    eprintln!("GEMM ...");
+    let w1 = base.model.as_vit().context("W1 is a ViT")?;
+    let gemm = bench_gemm(w1, base.batch_size, gpt, base2.batch_size, min_s, &device)?;
+    let ceilings = Ceilings {
+        gemm_1024: gemm
+            .iter()
+            .find(|g| g.name == CEILING_GEMM)
+            .map_or(f64::NAN, |g| g.gflops),
+        w2: gemm
+            .iter()
+            .filter(|g| g.name.starts_with(W2_GEMM_PREFIX))
+            .map(|g| g.gflops)
+            .fold(f64::NAN, f64::max),
+    };
+    eprintln!("fused vs composite ops ...");
+    let ops = bench_ops(w1, base.batch_size, min_s, &device)?;
+
+    let scratch = std::env::temp_dir().join(format!("bmt-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let setup_peak_memory_mib = peak_memory_mib();
+    let mut peak_reset = true;
     let mut workloads = Vec::new();
     for w in selected {
-        eprintln!("{} ({warmup} warm-up + {steps} timed steps) ...", w.name);
+        let (wu, st, d, origin) = match (w.family, &text) {
+            (Family::W1, _) => (warmup, steps, &data, "digits"),
+            (Family::W2, Some((d, origin))) => (w2_warmup, w2_steps, d, origin.as_str()),
+            (Family::W2, None) => bail!("internal: W2's text was not prepared"),
+        };
+        eprintln!("{} ({wu} warm-up + {st} timed steps) ...", w.name);
         peak_reset &= reset_peak_memory();
         workloads.push(bench_workload(
             w,
-            &data,
+            d,
+            origin,
             &device,
             args.threads,
-            warmup,
-            steps,
-            ceiling,
+            wu,
+            st,
+            &ceilings,
             &scratch,
         )?);
     }
@@ -842,11 +1217,13 @@ fn bench(args: Args) -> Result<()> {
         candle: "0.11.1",
         peak_reset,
         gemm,
-        gemm_ceiling_gflops: ceiling,
+        gemm_ceiling_gflops: ceilings.gemm_1024,
+        w2_gemm_ceiling_gflops: ceilings.w2,
         workloads,
+        w2_goal_fraction: W2_GOAL_FRACTION,
+        w2_data: text.map(|(d, _)| d.description().to_string()),
         fused_vs_composite_ops: ops,
         fused_vs_composite_step: STEP_SWITCH_NOTE,
-        w2: W2_NOTE,
         setup_peak_memory_mib,
         wall_s: start.elapsed().as_secs_f64(),
     };
