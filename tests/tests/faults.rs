@@ -15,7 +15,7 @@ use bmt_kfac::{
     NamedParams, PreconditionedLayer, Solver, TrackedLinear,
 };
 use bmt_trainer::checkpoint;
-use bmt_trainer::config::{OptimizerKind, TrainConfig};
+use bmt_trainer::config::{NonFinitePolicy, OptimizerKind, TrainConfig};
 use bmt_trainer::data::{load_digits, Dataset, DIGITS_TRAIN};
 use bmt_trainer::kfac::KfacSettings;
 use bmt_trainer::model::Transformer;
@@ -256,6 +256,77 @@ fn a_nan_pixel_is_diverged_and_changes_nothing() {
         );
         assert_eq!(first_non_finite(&t.model.snapshot().unwrap()), None);
     }
+}
+
+/// `--on-nonfinite skip`: a NaN batch is skipped (counted, step counter unchanged, parameters
+/// and optimizer state bit-identical) and the next clean batch trains; an update that makes the
+/// parameters infinite (AdamW with lr 1e39: finite in f64, ∞ once the f32 update is formed) is
+/// undone bit for bit, and ten such steps in a row stop the run with `Diverged`.
+#[test]
+fn skip_policy_skips_and_undoes_non_finite_steps_and_stops_after_ten() {
+    let data = load_digits(0).unwrap();
+    let mut poisoned = data.train.clone();
+    let pixels = poisoned.pixels_per_image();
+    poisoned.images[5 * pixels] = f32::INFINITY;
+    let idx: Vec<usize> = (0..64).collect();
+    let bad = poisoned.batch(&idx, &Device::Cpu).unwrap();
+    let good = data.train.batch(&idx, &Device::Cpu).unwrap();
+    for optimizer in [OptimizerKind::Adamw, OptimizerKind::Kfac] {
+        let mut config = TrainConfig::w1();
+        config.optimizer = optimizer;
+        config.on_nonfinite = NonFinitePolicy::Skip;
+        if optimizer == OptimizerKind::Kfac {
+            config.lr = bmt_trainer::kfac::DEFAULT_LR;
+        }
+        let mut t = w1_trainer(config);
+        let params = t.model.snapshot().unwrap();
+        let state = optimizer_state(&t);
+        let out = t.train_step(&bad).unwrap();
+        let why = out.skipped.expect("the step is skipped");
+        assert!(why.contains("not finite") || why.contains("NaN"), "{why}");
+        assert_eq!((t.step, t.skipped_steps), (0, 1));
+        assert_same(&params, &t.model.snapshot().unwrap(), "parameters after a skipped step");
+        assert_same(&state, &optimizer_state(&t), "optimizer state after a skipped step");
+        let ok = t.train_step(&good).unwrap();
+        assert!(ok.skipped.is_none() && ok.loss.is_finite() && t.step == 1);
+    }
+
+    let mut config = TrainConfig::w1();
+    config.on_nonfinite = NonFinitePolicy::Skip;
+    config.lr = 1e39;
+    let mut t = w1_trainer(config);
+    let params = t.model.snapshot().unwrap();
+    let state = optimizer_state(&t);
+    for k in 1..10 {
+        let out = t.train_step(&good).unwrap();
+        let why = out.skipped.expect("an infinite update is skipped");
+        assert!(why.contains("update made parameter"), "{why}");
+        assert_eq!((t.step, t.skipped_steps), (0, k));
+        assert_same(&params, &t.model.snapshot().unwrap(), "parameters after an undone update");
+        assert_same(&state, &optimizer_state(&t), "optimizer state after an undone update");
+    }
+    let err = t.train_step(&good).unwrap_err();
+    assert!(
+        matches!(&err, TrainError::Diverged { what, .. } if what.contains("10 steps in a row")),
+        "{err}"
+    );
+}
+
+/// Under the default policy a non-finite update is caught at the step it happens (not at the
+/// end of the epoch), naming the parameter.
+#[test]
+fn a_non_finite_update_stops_at_its_step() {
+    let data = load_digits(0).unwrap();
+    let idx: Vec<usize> = (0..64).collect();
+    let good = data.train.batch(&idx, &Device::Cpu).unwrap();
+    let mut config = TrainConfig::w1();
+    config.lr = 1e39;
+    let mut t = w1_trainer(config);
+    let err = t.train_step(&good).unwrap_err();
+    assert!(
+        matches!(&err, TrainError::Diverged { step: 1, what, .. } if what.contains("update made parameter")),
+        "{err}"
+    );
 }
 
 /// K-FAC on W1 in f32 with damping 1e-12 (below f32's resolution relative to the factors'

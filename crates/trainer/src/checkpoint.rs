@@ -38,6 +38,9 @@ pub struct CheckpointMeta {
     /// Lowest validation bits per byte so far (text runs).
     #[serde(default)]
     pub best_bits_per_byte: Option<f64>,
+    /// Steps skipped as non-finite so far (`--on-nonfinite skip`).
+    #[serde(default)]
+    pub skipped_steps: usize,
     /// Free-form state of the trainer's diagnostics (JSON), restored on resume.
     pub extra: serde_json::Value,
 }
@@ -262,6 +265,7 @@ mod tests {
             seconds_to_95pct: None,
             train_seconds: 3.0,
             best_bits_per_byte: None,
+            skipped_steps: 0,
             extra: serde_json::json!({"k": 1}),
         }
     }

@@ -32,6 +32,22 @@ impl std::fmt::Display for OptimizerKind {
     }
 }
 
+/// What a training step does when its loss, a gradient or its update is not finite.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NonFinitePolicy {
+    /// Stop the run with the step, what was non-finite and the last good checkpoint.
+    #[default]
+    Stop,
+    /// Leave the model and optimizer as they were before the step, count and log the step, and
+    /// go on; [`MAX_CONSECUTIVE_SKIPS`] skipped steps in a row stop the run.
+    Skip,
+}
+
+/// Consecutive skipped steps after which a run with [`NonFinitePolicy::Skip`] stops: a run whose
+/// every step is non-finite has diverged, and skipping would only hide it.
+pub const MAX_CONSECUTIVE_SKIPS: usize = 10;
+
 /// Everything that determines a run. Two runs with equal configs on the CPU produce identical
 /// metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +88,9 @@ pub struct TrainConfig {
     /// K-FAC / CG-FAC settings (`None`: the defaults of the chosen optimizer).
     #[serde(default)]
     pub kfac: Option<crate::kfac::KfacSettings>,
+    /// What a non-finite loss, gradient or update does (`--on-nonfinite`).
+    #[serde(default)]
+    pub on_nonfinite: NonFinitePolicy,
 }
 
 impl TrainConfig {
@@ -95,6 +114,7 @@ impl TrainConfig {
             init: None,
             init_in_out: false,
             kfac: None,
+            on_nonfinite: NonFinitePolicy::Stop,
         }
     }
 
@@ -156,12 +176,13 @@ impl TrainConfig {
     }
 
     /// Whether the seed-derived quantities and architecture of `other` equal this config's, i.e.
-    /// whether a run made with `other` can be continued under this config (only the epoch count
-    /// and the thread count may differ).
+    /// whether a run made with `other` can be continued under this config (only the epoch count,
+    /// the thread count and the non-finite policy may differ: none changes a finite step).
     pub fn resumable_from(&self, other: &TrainConfig) -> std::result::Result<(), String> {
         let mut a = self.clone();
         a.epochs = other.epochs;
         a.threads = other.threads;
+        a.on_nonfinite = other.on_nonfinite;
         if &a == other {
             Ok(())
         } else {

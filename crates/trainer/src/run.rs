@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::checkpoint::{self, CheckpointMeta};
-use crate::config::{OptimizerKind, TrainConfig};
+use crate::config::{NonFinitePolicy, OptimizerKind, TrainConfig, MAX_CONSECUTIVE_SKIPS};
 use crate::data::{Batch, DataSource, Dataset, ImageSet, Split, TextSet};
 use crate::diag::Diagnostics;
 use crate::error::{io_err, Result, TrainError};
@@ -103,6 +103,8 @@ pub struct StepOutcome {
     /// First- and second-order terms of this step's loss change, on measured steps
     /// ([`crate::second_order`]).
     pub second_order: Option<Value>,
+    /// Why the step was skipped under [`NonFinitePolicy::Skip`] (nothing was updated), if it was.
+    pub skipped: Option<String>,
     /// Wall time of each phase of the step.
     #[serde(skip)]
     pub times: StepTimes,
@@ -152,6 +154,10 @@ pub struct Trainer {
     /// Every this many steps the second-order term is measured (0: never). Set from
     /// `config.diagnostics` ([`SECOND_ORDER_EVERY`]).
     pub second_order_every: usize,
+    /// Steps skipped so far under [`NonFinitePolicy::Skip`].
+    pub skipped_steps: usize,
+    /// Steps skipped in a row (reset by every step that updates).
+    pub consecutive_skips: usize,
 }
 
 /// Period, in steps, of the second-order measurement when diagnostics are on.
@@ -173,11 +179,77 @@ impl Trainer {
             device,
             step: 0,
             second_order_every,
+            skipped_steps: 0,
+            consecutive_skips: 0,
         })
     }
 
-    /// One optimizer step on `batch`. A non-finite loss is an error (nothing is updated).
+    /// One optimizer step on `batch`.
+    ///
+    /// Checked at this step: the loss, every parameter's gradient (before any update) and every
+    /// parameter after the update. Under [`NonFinitePolicy::Stop`] a non-finite one is
+    /// [`TrainError::Diverged`] naming it (a non-finite loss or gradient leaves the model and the
+    /// optimizer untouched; a non-finite update has already been applied, and the run stops
+    /// before anything of it is written). Under [`NonFinitePolicy::Skip`] the model and the
+    /// optimizer are left as before the step, the step counter does not advance and the outcome
+    /// says why it was skipped; [`MAX_CONSECUTIVE_SKIPS`] skips in a row are `Diverged`.
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepOutcome> {
+        let outcome = self.guarded_step(batch);
+        let skip = self.config.on_nonfinite == NonFinitePolicy::Skip;
+        match outcome {
+            Err(TrainError::Diverged { what, .. }) if skip => {
+                self.skipped_steps += 1;
+                self.consecutive_skips += 1;
+                if self.consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
+                    return Err(TrainError::Diverged {
+                        epoch: 0,
+                        step: self.step + 1,
+                        what: format!(
+                            "{MAX_CONSECUTIVE_SKIPS} steps in a row were skipped as non-finite (the last: {what})"
+                        ),
+                        hint: String::new(),
+                    });
+                }
+                Ok(StepOutcome {
+                    loss: f64::NAN,
+                    skipped: Some(what),
+                    ..StepOutcome::default()
+                })
+            }
+            other => {
+                if other.is_ok() {
+                    self.consecutive_skips = 0;
+                }
+                other
+            }
+        }
+    }
+
+    /// The name of the first parameter (in name order) whose tensor from `values` (its gradient,
+    /// or its value) holds a NaN or ±∞, if any; `Σ|x|` is computed in the tensor's dtype and
+    /// overflows to ∞ only for values beyond any useful training state.
+    fn first_non_finite(
+        &self,
+        values: impl Fn(&candle_core::Var) -> Option<Tensor>,
+    ) -> Result<Option<String>> {
+        for (name, var) in self.model.parameters() {
+            if let Some(t) = values(var) {
+                let total = t.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                if !total.is_finite() {
+                    return Ok(Some(name.clone()));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn guarded_step(&mut self, batch: &Batch) -> Result<StepOutcome> {
+        let diverged = |step: usize, what: String| TrainError::Diverged {
+            epoch: 0,
+            step,
+            what,
+            hint: String::new(),
+        };
         let measure = self.second_order_every > 0 && (self.step + 1) % self.second_order_every == 0;
         let tracking = self.optimizer.needs_captures() || measure;
         if tracking {
@@ -192,16 +264,27 @@ impl Trainer {
         times.forward = t.elapsed().as_secs_f64();
         if !loss_value.is_finite() {
             self.model.set_tracking(false);
-            return Err(TrainError::Diverged {
-                epoch: 0,
-                step: self.step + 1,
-                what: format!("the training loss is {loss_value}"),
-                hint: String::new(),
-            });
+            return Err(diverged(
+                self.step + 1,
+                format!("the training loss is {loss_value}"),
+            ));
         }
         let t = Instant::now();
         let grads = loss.backward()?;
         times.backward = t.elapsed().as_secs_f64();
+        if let Some(name) = self.first_non_finite(|v| grads.get(v).cloned())? {
+            self.model.set_tracking(false);
+            return Err(diverged(
+                self.step + 1,
+                format!("the gradient of `{name}` is not finite (the loss is {loss_value})"),
+            ));
+        }
+        // Under Skip, a non-finite update is undone: keep what the step may change.
+        let undo = if self.config.on_nonfinite == NonFinitePolicy::Skip {
+            Some((self.model.snapshot()?, self.optimizer.state()?))
+        } else {
+            None
+        };
         let t = Instant::now();
         let before = if measure {
             Some(crate::second_order::Before::record(
@@ -235,6 +318,17 @@ impl Trainer {
         if tracking {
             self.model.set_tracking(false);
         }
+        if let Some(name) = self.first_non_finite(|v| Some(v.as_tensor().clone()))? {
+            if let Some((params, state)) = undo {
+                self.model.load(&params)?;
+                self.optimizer
+                    .load_state(&state.into_iter().collect::<HashMap<_, _>>())?;
+            }
+            return Err(diverged(
+                self.step + 1,
+                format!("the update made parameter `{name}` non-finite"),
+            ));
+        }
         let t = Instant::now();
         let second_order = match before {
             Some(b) => Some(b.finish(&self.model, batch)?),
@@ -247,6 +341,7 @@ impl Trainer {
             correct,
             optimizer,
             second_order,
+            skipped: None,
             times,
         })
     }
@@ -303,6 +398,9 @@ pub struct Summary {
     pub final_test_loss: f64,
     /// Mean training loss of the last epoch.
     pub final_train_loss: f64,
+    /// Steps skipped as non-finite under `--on-nonfinite skip` (0 under the default `stop`).
+    #[serde(default)]
+    pub skipped_steps: usize,
     /// Validation bits per byte after the last epoch (`final_test_loss / ln 2`; text only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_bits_per_byte: Option<f64>,
@@ -634,6 +732,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             best = meta.best_test_accuracy;
             to95 = meta.seconds_to_95pct;
             train_seconds = meta.train_seconds;
+            trainer.skipped_steps = meta.skipped_steps;
             best_bits = meta.best_bits_per_byte;
             diagnostics.restore(&meta.extra)?;
             truncate_metrics(&metrics_path, meta.epoch)?;
@@ -680,6 +779,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         let batches = epoch_batches(n_train, per_epoch, config.batch_size, config.seed, epoch);
         let mut loss_sum = 0.0;
         let mut correct = 0usize;
+        let mut stepped = 0usize;
         for idx in &batches {
             let batch = data.train().batch(idx, &device)?;
             let t0 = Instant::now();
@@ -692,9 +792,27 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
                 },
                 other => other,
             })?;
+            if let Some(what) = &outcome.skipped {
+                metrics.write(&json!({
+                    "kind": "skipped", "epoch": epoch + 1, "step": trainer.step + 1,
+                    "what": what, "skipped_steps": trainer.skipped_steps,
+                }))?;
+                progress.line(
+                    &format!(
+                        "skipped step {} of epoch {}: {what} ({} skipped so far)",
+                        trainer.step + 1,
+                        epoch + 1,
+                        trainer.skipped_steps
+                    ),
+                    options.quiet,
+                );
+                progress.bar.inc(1);
+                continue;
+            }
             // Pure training time: the second-order measurement is a diagnostic, not part of a step.
             train_seconds += t0.elapsed().as_secs_f64() - outcome.times.second_order;
             train_steps_timed += 1;
+            stepped += 1;
             loss_sum += outcome.loss;
             correct += outcome.correct;
             diagnostics.on_step(&trainer, &batch, &outcome, &mut metrics)?;
@@ -714,10 +832,19 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             }
             progress.bar.inc(1);
         }
-        let train_loss = loss_sum / batches.len() as f64;
+        if stepped == 0 {
+            return Err(TrainError::Diverged {
+                epoch: epoch + 1,
+                step: trainer.step,
+                what: "every step of the epoch was skipped as non-finite".into(),
+                hint: last_good_hint(out),
+            });
+        }
+        // Skipped steps contribute neither loss nor accuracy.
+        let train_loss = loss_sum / stepped.max(1) as f64;
         let predictions_per_sample = if data.is_text() { config.model.tokens() } else { 1 };
-        let train_accuracy = correct as f64
-            / (batches.len() * config.batch_size * predictions_per_sample) as f64;
+        let train_accuracy =
+            correct as f64 / (stepped.max(1) * config.batch_size * predictions_per_sample) as f64;
         let eval = trainer.evaluate(data.test(), eval_batch)?;
         check_finite(&trainer, train_loss, eval.loss).map_err(|what| TrainError::Diverged {
             epoch: epoch + 1,
@@ -782,6 +909,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             seconds_to_95pct: to95,
             train_seconds,
             best_bits_per_byte: best_bits,
+            skipped_steps: trainer.skipped_steps,
             extra: diagnostics.state(),
         };
         let mut tensors = BTreeMap::new();
@@ -811,6 +939,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         best_test_accuracy: best,
         final_test_loss: last_eval.loss,
         final_train_loss: last_train_loss,
+        skipped_steps: trainer.skipped_steps,
         final_bits_per_byte: data.is_text().then(|| last_eval.bits()),
         best_bits_per_byte: best_bits,
         epochs: completed,

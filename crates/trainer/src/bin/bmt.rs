@@ -8,7 +8,7 @@ static ALLOCATOR: bmt_trainer::alloc::Allocator = bmt_trainer::alloc::Allocator 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bmt_trainer::config::{OptimizerKind, TrainConfig};
+use bmt_trainer::config::{NonFinitePolicy, OptimizerKind, TrainConfig};
 use bmt_trainer::model::{GptConfig, ModelConfig};
 use bmt_trainer::data::DataSource;
 use bmt_trainer::kfac::KfacSettings;
@@ -151,6 +151,10 @@ struct TrainArgs {
     /// CG iteration cap (kfac/cgfac only).
     #[arg(long)]
     cg_max_iters: Option<usize>,
+    /// A non-finite loss, gradient or update: stop the run (default) or skip the step, count it
+    /// and log it (10 skips in a row stop the run).
+    #[arg(long, value_enum, default_value_t = NonFinitePolicy::Stop)]
+    on_nonfinite: NonFinitePolicy,
     /// A step record goes to metrics.jsonl every this many steps (0: none).
     #[arg(long, default_value_t = 5)]
     log_every: usize,
@@ -167,7 +171,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     if let Some(dir) = a.resume {
         if let Some(flag) = changed_on_resume() {
             anyhow::bail!(
-                "invalid {flag}: a resumed run keeps the settings in its config.json; only --epochs, --threads and --quiet may be given with --resume"
+                "invalid {flag}: a resumed run keeps the settings in its config.json; only --epochs, --threads, --on-nonfinite and --quiet may be given with --resume"
             );
         }
         let mut config = read_config(&dir)?;
@@ -175,6 +179,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
             config.epochs = e;
         }
         config.threads = a.threads;
+        config.on_nonfinite = a.on_nonfinite;
         let summary = run(
             config,
             &dir,
@@ -232,6 +237,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     config.device = a.device;
     config.threads = a.threads;
     config.log_every = a.log_every;
+    config.on_nonfinite = a.on_nonfinite;
     config.diagnostics = !a.no_diagnostics;
     config.init = a.init;
     config.init_in_out = a.init_in_out;
@@ -327,7 +333,7 @@ fn changed_on_resume() -> Option<String> {
     use clap::{parser::ValueSource, CommandFactory};
     let matches = Cli::command().try_get_matches().ok()?;
     let (_, sub) = matches.subcommand()?;
-    let allowed = ["resume", "epochs", "threads", "quiet"];
+    let allowed = ["resume", "epochs", "threads", "quiet", "on_nonfinite"];
     sub.ids()
         .map(|id| id.as_str())
         // The derive adds an argument group named after the struct; only real flags count.
