@@ -38,8 +38,14 @@ pub const TRAJ_IMAGES: usize = 8;
 /// Tokens of one W1 image; with [`PROBE_SIZE`] and [`TRAJ_IMAGES`] it sets the token budgets
 /// of the probes of models with longer sequences.
 const W1_TOKENS: usize = 17;
-/// Training-clock snapshots are taken every this many optimizer steps.
+/// Training-clock snapshots are taken every this many optimizer steps (at first; see
+/// [`TRAJ_MAX_BYTES`]).
 pub const TRAJ_EVERY: usize = 10;
+/// Memory the training-clock snapshots may hold (and write into each checkpoint). When they would
+/// exceed it, every other snapshot is dropped and the period doubles, so the kept snapshots stay
+/// evenly spaced: W1 (313 KB a snapshot, 67 in a 30-epoch run) never reaches it; W2 (1.8 MB a
+/// snapshot) holds between 18 and 35.
+pub const TRAJ_MAX_BYTES: usize = 64 << 20;
 /// Cosine threshold of the ε-clusters: tokens with `x̂_i·x̂_j > 1 − ε` are linked.
 pub const CLUSTER_EPS: f64 = 0.01;
 
@@ -74,6 +80,9 @@ pub struct Diagnostics {
     /// Training-clock snapshots per LayerNorm: each snapshot is `(members × dim)` f32.
     traj: BTreeMap<String, Vec<Vec<f32>>>,
     traj_steps: Vec<usize>,
+    /// Current period of the training-clock snapshots (starts at [`TRAJ_EVERY`], doubles on
+    /// thinning).
+    traj_every: usize,
     /// (relative deviation, layer, epoch) of the largest radius deviation seen.
     worst_radius: Option<(f64, String, usize)>,
     first_epoch: Option<Value>,
@@ -107,6 +116,7 @@ impl Diagnostics {
             traj_probe,
             traj: BTreeMap::new(),
             traj_steps: Vec::new(),
+            traj_every: TRAJ_EVERY,
             worst_radius: None,
             first_epoch: None,
             last_epoch: None,
@@ -134,7 +144,7 @@ impl Diagnostics {
         if let Some(so) = &o.second_order {
             self.second_order.push(so.clone());
         }
-        if self.enabled && t.step % TRAJ_EVERY == 0 {
+        if self.enabled && t.step % self.traj_every == 0 {
             self.snapshot(&t.model, t.step)?;
         }
         Ok(())
@@ -154,6 +164,18 @@ impl Diagnostics {
             self.traj.entry(ln.name).or_default().push(y);
         }
         self.traj_steps.push(step);
+        let bytes: usize = self
+            .traj
+            .values()
+            .map(|v| v.iter().map(|s| 4 * s.len()).sum::<usize>())
+            .sum();
+        if bytes > TRAJ_MAX_BYTES && self.traj_steps.len() >= 3 {
+            for snaps in self.traj.values_mut() {
+                keep_even_indices(snaps);
+            }
+            keep_even_indices(&mut self.traj_steps);
+            self.traj_every *= 2;
+        }
         Ok(())
     }
 
@@ -263,7 +285,7 @@ impl Diagnostics {
                 }
             }
             let cfg = AnalysisConfig {
-                dt: TRAJ_EVERY as f64,
+                dt: self.traj_every as f64,
                 sphere_dim: Some(n - 2),
                 ..Default::default()
             };
@@ -323,7 +345,7 @@ impl Diagnostics {
         let probe_sequences = self.probe.as_ref().map_or(0, |p| p.dims()[0]);
         Ok(json!({
             "clock_training": {
-                "description": format!("probe tokens ({} sequences × {} tokens) at each LayerNorm's pre-affine output, every {} optimizer steps; D per optimizer step on S^(n-2)(√n)", traj_shape.0, traj_shape.1, TRAJ_EVERY),
+                "description": format!("probe tokens ({} sequences × {} tokens) at each LayerNorm's pre-affine output, every {} optimizer steps; D per optimizer step on S^(n-2)(√n)", traj_shape.0, traj_shape.1, self.traj_every),
                 "snapshot_steps": self.traj_steps,
                 "layers": training,
             },
@@ -340,6 +362,7 @@ impl Diagnostics {
     pub fn state(&self) -> Value {
         json!({
             "traj_steps": self.traj_steps,
+            "traj_every": self.traj_every,
             "worst_radius": self.worst_radius.as_ref().map(|(d, l, e)| json!([d, l, e])),
             "first_epoch": self.first_epoch,
             "last_epoch": self.last_epoch,
@@ -372,6 +395,7 @@ impl Diagnostics {
         };
         self.traj_steps =
             serde_json::from_value(v["traj_steps"].clone()).map_err(|_| bad("traj_steps"))?;
+        self.traj_every = v["traj_every"].as_u64().map_or(TRAJ_EVERY, |e| e as usize);
         self.worst_radius = match &v["worst_radius"] {
             Value::Array(a) if a.len() == 3 => Some((
                 a[0].as_f64().ok_or_else(|| bad("worst_radius"))?,
@@ -394,6 +418,17 @@ impl Diagnostics {
             }
         }
     }
+}
+
+/// Keeps the elements at indices 0, 2, 4, … of snapshots taken every `e` steps from step 0: the
+/// kept ones are spaced `2e`, and the next snapshot (taken at the next multiple of `2e`) continues
+/// that spacing.
+fn keep_even_indices<T>(v: &mut Vec<T>) {
+    let mut i = 0;
+    v.retain(|_| {
+        i += 1;
+        (i - 1) % 2 == 0
+    });
 }
 
 fn report_json(r: &bmt_brownian::BrownianReport) -> Value {
@@ -448,4 +483,20 @@ fn markov_first_vs_last(first: Option<&Value>, last: Option<&Value>) -> Value {
         out.insert(layer, Value::Object(m));
     }
     json!({ "first_epoch": first["epoch"], "last_epoch": last["epoch"], "layers": out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_even_indices;
+
+    #[test]
+    fn thinning_keeps_an_even_spacing() {
+        // Snapshots at steps 0, 10, …, 80 (every 10); thinned: every 20, and the next snapshot at
+        // step 100 (the next multiple of 20 after 80) keeps the spacing.
+        let mut steps: Vec<usize> = (0..9).map(|k| 10 * k).collect();
+        keep_even_indices(&mut steps);
+        assert_eq!(steps, vec![0, 20, 40, 60, 80]);
+        steps.push(100);
+        assert!(steps.windows(2).all(|w| w[1] - w[0] == 20));
+    }
 }
