@@ -172,7 +172,8 @@ fn divergence_at_an_epoch_end_leaves_no_nan_checkpoint_or_metric() {
 
 fn w1_trainer(config: TrainConfig) -> Trainer {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let model = Transformer::init(config.model.clone(), &mut rng, DType::F32, &Device::Cpu).unwrap();
+    let model =
+        Transformer::init(config.model.clone(), &mut rng, DType::F32, &Device::Cpu).unwrap();
     Trainer::new(config, model, Device::Cpu).unwrap()
 }
 
@@ -285,8 +286,16 @@ fn skip_policy_skips_and_undoes_non_finite_steps_and_stops_after_ten() {
         let why = out.skipped.expect("the step is skipped");
         assert!(why.contains("not finite") || why.contains("NaN"), "{why}");
         assert_eq!((t.step, t.skipped_steps), (0, 1));
-        assert_same(&params, &t.model.snapshot().unwrap(), "parameters after a skipped step");
-        assert_same(&state, &optimizer_state(&t), "optimizer state after a skipped step");
+        assert_same(
+            &params,
+            &t.model.snapshot().unwrap(),
+            "parameters after a skipped step",
+        );
+        assert_same(
+            &state,
+            &optimizer_state(&t),
+            "optimizer state after a skipped step",
+        );
         let ok = t.train_step(&good).unwrap();
         assert!(ok.skipped.is_none() && ok.loss.is_finite() && t.step == 1);
     }
@@ -302,8 +311,16 @@ fn skip_policy_skips_and_undoes_non_finite_steps_and_stops_after_ten() {
         let why = out.skipped.expect("an infinite update is skipped");
         assert!(why.contains("update made parameter"), "{why}");
         assert_eq!((t.step, t.skipped_steps), (0, k));
-        assert_same(&params, &t.model.snapshot().unwrap(), "parameters after an undone update");
-        assert_same(&state, &optimizer_state(&t), "optimizer state after an undone update");
+        assert_same(
+            &params,
+            &t.model.snapshot().unwrap(),
+            "parameters after an undone update",
+        );
+        assert_same(
+            &state,
+            &optimizer_state(&t),
+            "optimizer state after an undone update",
+        );
     }
     let err = t.train_step(&good).unwrap_err();
     assert!(
@@ -526,7 +543,6 @@ fn kfac_zero_factors_with_damping_1e_12_give_finite_updates() {
 
 // ---------------------------------------------------------------------------------------------
 // Configurations and command lines.
-
 
 /// Runs `bmt train ARGS --out DIR` (unless `--resume` is among them) and checks the failure is one
 /// line `error: …` on stderr with exit code 1, no panic, and no run directory created. Returns the

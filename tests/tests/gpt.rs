@@ -57,7 +57,10 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 fn bytes_tensor(rows: &[&[u8]]) -> Tensor {
     let t = rows[0].len();
-    let v: Vec<u32> = rows.iter().flat_map(|r| r.iter().map(|&b| u32::from(b))).collect();
+    let v: Vec<u32> = rows
+        .iter()
+        .flat_map(|r| r.iter().map(|&b| u32::from(b)))
+        .collect();
     Tensor::from_vec(v, (rows.len(), t), &Device::Cpu).unwrap()
 }
 
@@ -76,10 +79,16 @@ fn logits_never_see_future_bytes_and_attention_is_lower_triangular() {
     assert_eq!(logits.dims(), &[2, 12, 256]);
     let la = logits.get(0).unwrap();
     let lb = logits.get(1).unwrap();
-    assert_eq!(max_abs_diff(&la.narrow(0, 0, 5).unwrap(), &lb.narrow(0, 0, 5).unwrap()), 0.0);
+    assert_eq!(
+        max_abs_diff(&la.narrow(0, 0, 5).unwrap(), &lb.narrow(0, 0, 5).unwrap()),
+        0.0
+    );
     for t in 5..12 {
         let d = max_abs_diff(&la.get(t).unwrap(), &lb.get(t).unwrap());
-        assert!(d > 1e-4, "position {t} did not see the changed byte 5 (max diff {d})");
+        assert!(
+            d > 1e-4,
+            "position {t} did not see the changed byte 5 (max diff {d})"
+        );
     }
     assert_eq!(trace.attention.len(), 2);
     for attn in &trace.attention {
@@ -89,7 +98,10 @@ fn logits_never_see_future_bytes_and_attention_is_lower_triangular() {
             for (i, row) in plane.iter().enumerate() {
                 let sum: f32 = row.iter().sum();
                 assert!((sum - 1.0).abs() < 1e-5, "row {i} sums to {sum}");
-                assert!(row[i + 1..].iter().all(|&v| v == 0.0), "row {i} attends ahead");
+                assert!(
+                    row[i + 1..].iter().all(|&v| v == 0.0),
+                    "row {i} attends ahead"
+                );
             }
         }
     }
@@ -99,7 +111,11 @@ fn logits_never_see_future_bytes_and_attention_is_lower_triangular() {
         .head_summaries(&bmt_markov::MetricsOptions::default())
         .unwrap();
     for h in heads {
-        assert!(h.pi_entropy.abs() < 1e-6, "π is not e₀: entropy {}", h.pi_entropy);
+        assert!(
+            h.pi_entropy.abs() < 1e-6,
+            "π is not e₀: entropy {}",
+            h.pi_entropy
+        );
     }
 }
 
@@ -118,9 +134,20 @@ fn every_parameter_gets_a_gradient_and_tracked_layers_capture() {
     // wte, pos, lnf (2), head (2), and per block 2 LayerNorms (4) and 6 linears (12).
     assert_eq!(model.parameters().len(), 6 + 2 * 16);
     for (name, var) in model.parameters() {
-        let g = grads.get(var).unwrap_or_else(|| panic!("no gradient for {name}"));
-        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(norm > 0.0 && norm.is_finite(), "{name}: squared gradient norm {norm}");
+        let g = grads
+            .get(var)
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            norm > 0.0 && norm.is_finite(),
+            "{name}: squared gradient norm {norm}"
+        );
     }
     for layer in model.attention_and_mlp_layers() {
         let c = layer.capture(&grads).unwrap().expect("a capture");
@@ -129,11 +156,17 @@ fn every_parameter_gets_a_gradient_and_tracked_layers_capture() {
         let a = c.input.flatten_to(1).unwrap();
         let g = c.output_grad.flatten_to(1).unwrap();
         let dw = g.t().unwrap().matmul(&a).unwrap();
-        let want = grads.get(&model.parameters()[&format!("{}.w", c.name)]).unwrap();
+        let want = grads
+            .get(&model.parameters()[&format!("{}.w", c.name)])
+            .unwrap();
         let scale = want.abs().unwrap().max_keepdim(0).unwrap().max(1).unwrap();
         let scale = scale.to_vec1::<f32>().unwrap()[0];
         let d = max_abs_diff(&dw, want);
-        assert!(d <= 1e-4 * scale, "{}: recorded g ⊗ a differs from ∂L/∂W by {d} (scale {scale})", c.name);
+        assert!(
+            d <= 1e-4 * scale,
+            "{}: recorded g ⊗ a differs from ∂L/∂W by {d} (scale {scale})",
+            c.name
+        );
     }
     model.set_tracking(false);
 }
@@ -147,7 +180,11 @@ fn entropy_floor(set: &TextSet) -> f64 {
     for i in 0..set.len() {
         let (x, y) = set.window(i).unwrap();
         for t in 0..x.len() {
-            *counts.entry(x[..=t].to_vec()).or_default().entry(y[t]).or_default() += 1;
+            *counts
+                .entry(x[..=t].to_vec())
+                .or_default()
+                .entry(y[t])
+                .or_default() += 1;
             total += 1;
         }
     }
@@ -183,7 +220,8 @@ fn trainer(optimizer: OptimizerKind, lr: f64, context: usize, seed: u64) -> Trai
         config.kfac = Some(k);
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let model = Transformer::init(config.model.clone(), &mut rng, DType::F32, &Device::Cpu).unwrap();
+    let model =
+        Transformer::init(config.model.clone(), &mut rng, DType::F32, &Device::Cpu).unwrap();
     Trainer::new(config, model, Device::Cpu).unwrap()
 }
 
@@ -214,8 +252,14 @@ fn overfits_a_tiny_text_to_its_entropy_floor() {
     train(&mut tr, &set, 600, 32);
     let end = mean_loss(&tr.model, &set);
     eprintln!("floor {floor:.4}, loss {start:.4} -> {end:.4}");
-    assert!(floor < 0.15, "the test text is too ambiguous: floor {floor}");
-    assert!(end < floor + 0.05, "loss {end} stays above the floor {floor} + 0.05");
+    assert!(
+        floor < 0.15,
+        "the test text is too ambiguous: floor {floor}"
+    );
+    assert!(
+        end < floor + 0.05,
+        "loss {end} stays above the floor {floor} + 0.05"
+    );
 }
 
 /// AdamW, SGD, K-FAC (expand) and CG-FAC all lower the GPT's loss within 60 steps.
@@ -251,7 +295,10 @@ fn gpt_run_resumes_exactly_and_samples_deterministically() {
     config.epochs = 2;
     config.batch_size = 8;
     config.log_every = 2;
-    let quiet = RunOptions { quiet: true, ..Default::default() };
+    let quiet = RunOptions {
+        quiet: true,
+        ..Default::default()
+    };
     let full = tmp("full");
     let summary = run(config.clone(), &full, &quiet).unwrap();
     let bits = summary.final_bits_per_byte.expect("bits per byte");
@@ -261,7 +308,15 @@ fn gpt_run_resumes_exactly_and_samples_deterministically() {
     let mut first = config.clone();
     first.epochs = 1;
     run(first, &split, &quiet).unwrap();
-    run(config, &split, &RunOptions { resume: true, ..quiet }).unwrap();
+    run(
+        config,
+        &split,
+        &RunOptions {
+            resume: true,
+            ..quiet
+        },
+    )
+    .unwrap();
     assert_eq!(metrics_without_time(&full), metrics_without_time(&split));
     assert_eq!(
         json_without_time(&full.join("summary.json")),
@@ -272,10 +327,25 @@ fn gpt_run_resumes_exactly_and_samples_deterministically() {
         .find(|r| r["kind"] == "epoch")
         .unwrap();
     assert!(epoch["test_bits_per_byte"].as_f64().is_some());
-    assert!(epoch["markov"]["blk0"][0]["pi_entropy"].as_f64().unwrap().abs() < 1e-6);
+    assert!(
+        epoch["markov"]["blk0"][0]["pi_entropy"]
+            .as_f64()
+            .unwrap()
+            .abs()
+            < 1e-6
+    );
 
     let model = load_run_model(&full, &Device::Cpu).unwrap();
-    let draw = |seed| generate(&model, b"The ", 24, 1.0, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+    let draw = |seed| {
+        generate(
+            &model,
+            b"The ",
+            24,
+            1.0,
+            &mut ChaCha8Rng::seed_from_u64(seed),
+        )
+        .unwrap()
+    };
     assert_eq!(draw(5), draw(5));
     assert_ne!(draw(5), draw(6));
     let err = generate(&model, b"", 4, 1.0, &mut ChaCha8Rng::seed_from_u64(0)).unwrap_err();
@@ -321,7 +391,17 @@ fn cli_trains_w2_on_the_readme_and_samples() {
     for (args, flag) in [
         (vec!["--data", "text:README.md"], "--model"),
         (vec!["--model", "gpt", "--patch", "4"], "--patch"),
-        (vec!["--model", "gpt", "--context", "0", "--data", "text:README.md"], "--context"),
+        (
+            vec![
+                "--model",
+                "gpt",
+                "--context",
+                "0",
+                "--data",
+                "text:README.md",
+            ],
+            "--context",
+        ),
     ] {
         let o = std::process::Command::new(common::bmt())
             .arg("train")
@@ -333,6 +413,9 @@ fn cli_trains_w2_on_the_readme_and_samples() {
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.contains(flag) && err.trim().lines().count() == 1, "{args:?}: {err}");
+        assert!(
+            err.contains(flag) && err.trim().lines().count() == 1,
+            "{args:?}: {err}"
+        );
     }
 }

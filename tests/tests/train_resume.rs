@@ -107,7 +107,8 @@ fn six_epochs_equal_three_plus_three_and_beat_chance() {
 fn every_parameter_receives_a_nonzero_gradient() {
     let data = load_digits(0).unwrap();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
-    let model = Transformer::init(TrainConfig::w1().model, &mut rng, DType::F32, &Device::Cpu).unwrap();
+    let model =
+        Transformer::init(TrainConfig::w1().model, &mut rng, DType::F32, &Device::Cpu).unwrap();
     let idx: Vec<usize> = (0..64).collect();
     let b = data.train.batch(&idx, &Device::Cpu).unwrap();
     let loss = cross_entropy(&model.forward(&b.inputs).unwrap(), &b.targets).unwrap();

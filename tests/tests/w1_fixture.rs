@@ -96,7 +96,8 @@ fn first_three_epochs_match_pytorch() {
     let mut config = TrainConfig::w1();
     config.diagnostics = false;
     let model =
-        Transformer::from_tensors(config.model.clone(), &f.weights, DType::F32, &Device::Cpu).unwrap();
+        Transformer::from_tensors(config.model.clone(), &f.weights, DType::F32, &Device::Cpu)
+            .unwrap();
     let mut trainer = Trainer::new(config, model, Device::Cpu).unwrap();
     for (e, want) in r["pytorch_epochs"].as_array().unwrap().iter().enumerate() {
         let mut sum = 0.0;
@@ -135,7 +136,8 @@ fn thirty_epochs_from_the_peer_start_end_near_pytorch() {
     let mut config = TrainConfig::w1();
     config.diagnostics = false;
     let model =
-        Transformer::from_tensors(config.model.clone(), &f.weights, DType::F32, &Device::Cpu).unwrap();
+        Transformer::from_tensors(config.model.clone(), &f.weights, DType::F32, &Device::Cpu)
+            .unwrap();
     let mut trainer = Trainer::new(config, model, Device::Cpu).unwrap();
     let mut accs = Vec::new();
     for epoch in &f.batch_orders {

@@ -66,7 +66,7 @@ pub fn conjugate_gradient(
         let u = op(&p)?;
         let pu = frobenius(&p, &u)?;
         iterations += 1;
-        if !(pu > 0.0) || !pu.is_finite() {
+        if pu.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || !pu.is_finite() {
             return Ok(broke(iterations, rho / rho0));
         }
         let alpha = rho / pu;

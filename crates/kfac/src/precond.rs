@@ -429,7 +429,10 @@ impl Preconditioner {
     /// `λ ← ωλ` if `ρ > 3/4`, `λ ← λ/ω` if `ρ < 1/4`, clamped to `[min_damping, max_damping]`.
     /// A non-negative or non-finite `predicted` leaves `λ` unchanged. No-op unless adaptive.
     pub fn adapt_damping(&mut self, actual: f64, predicted: f64) -> f64 {
-        if !self.cfg.adaptive_damping || !(predicted < 0.0) || !actual.is_finite() {
+        if !self.cfg.adaptive_damping
+            || predicted.partial_cmp(&0.0) != Some(std::cmp::Ordering::Less)
+            || !actual.is_finite()
+        {
             return self.damping;
         }
         let rho = actual / predicted;

@@ -220,11 +220,15 @@ mod tests {
     #[test]
     fn impossible_settings_name_their_flag() {
         let mut c = TrainConfig::w1();
-        let ModelConfig::Vit(v) = &mut c.model else { unreachable!() };
+        let ModelConfig::Vit(v) = &mut c.model else {
+            unreachable!()
+        };
         v.heads = 5;
         assert!(c.validate().unwrap_err().to_string().contains("--heads"));
         let mut c = TrainConfig::w1();
-        let ModelConfig::Vit(v) = &mut c.model else { unreachable!() };
+        let ModelConfig::Vit(v) = &mut c.model else {
+            unreachable!()
+        };
         v.patch = 3;
         assert!(c.validate().unwrap_err().to_string().contains("--patch"));
         let mut c = TrainConfig::w1();

@@ -333,10 +333,9 @@ impl Diagnostics {
             }
             None => Value::Null,
         };
-        let traj_shape = self
-            .traj_probe
-            .as_ref()
-            .map_or((0, 0), |t| (t.dims()[0], t.dims().get(1).copied().unwrap_or(0)));
+        let traj_shape = self.traj_probe.as_ref().map_or((0, 0), |t| {
+            (t.dims()[0], t.dims().get(1).copied().unwrap_or(0))
+        });
         let traj_shape = if model.config().causal() {
             traj_shape
         } else {

@@ -242,7 +242,11 @@ pub fn build(config: &TrainConfig, model: &Transformer, adamw: AdamWConfig) -> R
     })
 }
 
-fn captures(model: &Transformer, layers: &[String], grads: &GradStore) -> Result<Vec<LayerCapture>> {
+fn captures(
+    model: &Transformer,
+    layers: &[String],
+    grads: &GradStore,
+) -> Result<Vec<LayerCapture>> {
     let mut out = Vec::with_capacity(layers.len());
     for l in model.attention_and_mlp_layers() {
         if let Some(c) = l.capture(grads)? {

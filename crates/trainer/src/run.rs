@@ -234,7 +234,11 @@ impl Trainer {
     ) -> Result<Option<String>> {
         for (name, var) in self.model.parameters() {
             if let Some(t) = values(var) {
-                let total = t.abs()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                let total = t
+                    .abs()?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
                 if !total.is_finite() {
                     return Ok(Some(name.clone()));
                 }
@@ -670,7 +674,10 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
     if data.test().eval_indices().is_empty() {
         return Err(TrainError::Config {
             flag: "--data",
-            msg: format!("{}: the held-out set is empty, nothing to evaluate on", config.data),
+            msg: format!(
+                "{}: the held-out set is empty, nothing to evaluate on",
+                config.data
+            ),
         });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
@@ -842,7 +849,11 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         }
         // Skipped steps contribute neither loss nor accuracy.
         let train_loss = loss_sum / stepped.max(1) as f64;
-        let predictions_per_sample = if data.is_text() { config.model.tokens() } else { 1 };
+        let predictions_per_sample = if data.is_text() {
+            config.model.tokens()
+        } else {
+            1
+        };
         let train_accuracy =
             correct as f64 / (stepped.max(1) * config.batch_size * predictions_per_sample) as f64;
         let eval = trainer.evaluate(data.test(), eval_batch)?;

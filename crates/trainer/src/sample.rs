@@ -43,7 +43,13 @@ pub fn sample_index(logits: &[f32], temperature: f64, rng: &mut impl Rng) -> usi
     let argmax = logits
         .iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
         .0;
     if temperature == 0.0 {
         return argmax;

@@ -319,7 +319,7 @@ mod tests {
         assert_eq!(set.eval_indices(), vec![0, 2, 3, 5, 7]);
         assert_eq!(set.window(5), Some((&[7u8, 8][..], &[8u8, 9][..])));
         assert_eq!(set.epoch_len(), 6);
-        let tiny = TextSet::from_blocks(&src, &[0..3], 2);
+        let tiny = TextSet::from_blocks(&src, std::slice::from_ref(&(0..3)), 2);
         assert_eq!((tiny.len(), tiny.epoch_len()), (1, 1));
     }
 
@@ -354,7 +354,10 @@ mod tests {
         // = 582, m = 10 blocks, k = 1: 582 validation bytes, not half the file.
         let src = vec![b'a'; 5829];
         let s = split_text(&src, "mem", 256, 0.1, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
-        assert_eq!(s.train.source_ranges().len() + s.test.source_ranges().len(), 10);
+        assert_eq!(
+            s.train.source_ranges().len() + s.test.source_ranges().len(),
+            10
+        );
         assert_eq!(s.test.source_ranges().len(), 1);
         assert!(s.test.num_bytes() <= 582 + 9, "{}", s.test.num_bytes());
     }

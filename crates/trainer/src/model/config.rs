@@ -127,14 +127,23 @@ impl GptConfig {
         if self.vocab < 2 {
             return Err(TrainError::Config {
                 flag: "--model",
-                msg: format!("vocabulary of {}: a language model needs at least 2 symbols", self.vocab),
+                msg: format!(
+                    "vocabulary of {}: a language model needs at least 2 symbols",
+                    self.vocab
+                ),
             });
         }
         validate_trunk(self.dim, self.depth, self.heads, self.mlp_dim, self.ln_eps)
     }
 }
 
-fn validate_trunk(dim: usize, depth: usize, heads: usize, mlp_dim: usize, ln_eps: f64) -> Result<()> {
+fn validate_trunk(
+    dim: usize,
+    depth: usize,
+    heads: usize,
+    mlp_dim: usize,
+    ln_eps: f64,
+) -> Result<()> {
     let bad = |flag: &'static str, msg: String| Err(TrainError::Config { flag, msg });
     if dim == 0 || heads == 0 || dim % heads != 0 {
         return bad(
@@ -294,7 +303,10 @@ mod tests {
     fn parameter_counts_follow_the_architectures() {
         // W1: patch 4·64+64, cls 64, pos 17·64, 4 blocks of (2 LN·128 + 4·(64²+64) + 64·128+128
         // + 128·64+64), lnf 128, head 64·10+10.
-        assert_eq!(ModelConfig::from(VitConfig::w1()).parameter_count(), 136_138);
+        assert_eq!(
+            ModelConfig::from(VitConfig::w1()).parameter_count(),
+            136_138
+        );
         // W2: wte 256², pos 256², 6 blocks of (2·512 + 4·(256²+256) + 256·1024+1024 + 1024·256+256),
         // lnf 512, head 256²+256.
         let d = 256;
@@ -307,7 +319,10 @@ mod tests {
     fn configs_round_trip_through_json_with_a_kind_tag() {
         for c in [ModelConfig::from(VitConfig::w1()), GptConfig::w2().into()] {
             let text = serde_json::to_string(&c).unwrap();
-            assert!(text.contains(&format!("\"kind\":\"{}\"", c.kind())), "{text}");
+            assert!(
+                text.contains(&format!("\"kind\":\"{}\"", c.kind())),
+                "{text}"
+            );
             assert_eq!(serde_json::from_str::<ModelConfig>(&text).unwrap(), c);
         }
     }

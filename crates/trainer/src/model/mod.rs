@@ -337,7 +337,10 @@ impl Transformer {
                 let x = self.patchify(inputs)?;
                 let b = x.dim(0)?;
                 let tokens = patch.forward(&x)?;
-                let cls = cls.as_tensor().reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
+                let cls = cls
+                    .as_tensor()
+                    .reshape((1, 1, d))?
+                    .broadcast_as((b, 1, d))?;
                 Ok(ops::add_rows(
                     &Tensor::cat(&[&cls, &tokens], 1)?,
                     self.pos.as_tensor(),
@@ -459,7 +462,13 @@ impl Transformer {
 /// keeps its diagonal, so the softmax of a masked row is well defined.
 pub fn causal_bias(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let v: Vec<f32> = (0..t * t)
-        .map(|k| if k % t > k / t { f32::NEG_INFINITY } else { 0.0 })
+        .map(|k| {
+            if k % t > k / t {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
         .collect();
     Ok(Tensor::from_vec(v, (1, 1, t, t), device)?.to_dtype(dtype)?)
 }

@@ -29,23 +29,28 @@ pub fn init_parameters(
 ) -> Result<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
     let d = config.dim();
-    let normal =
-        Normal::new(0.0f32, EMBEDDING_STD).map_err(|e| TrainError::Init(e.to_string()))?;
+    let normal = Normal::new(0.0f32, EMBEDDING_STD).map_err(|e| TrainError::Init(e.to_string()))?;
     let gaussian = |n: usize, rng: &mut dyn rand::RngCore| -> Vec<f32> {
         (0..n).map(|_| normal.sample(rng)).collect()
     };
     let linear = |out: &mut BTreeMap<String, Tensor>,
-                      name: &str,
-                      fan_in: usize,
-                      fan_out: usize,
-                      rng: &mut dyn rand::RngCore|
+                  name: &str,
+                  fan_in: usize,
+                  fan_out: usize,
+                  rng: &mut dyn rand::RngCore|
      -> Result<()> {
         let bound = 1.0 / (fan_in as f32).sqrt();
         let dist =
             Uniform::new_inclusive(-bound, bound).map_err(|e| TrainError::Init(e.to_string()))?;
         let w: Vec<f32> = (0..fan_in * fan_out).map(|_| dist.sample(rng)).collect();
-        out.insert(format!("{name}.w"), Tensor::from_vec(w, (fan_out, fan_in), device)?);
-        out.insert(format!("{name}.b"), Tensor::zeros(fan_out, DType::F32, device)?);
+        out.insert(
+            format!("{name}.w"),
+            Tensor::from_vec(w, (fan_out, fan_in), device)?,
+        );
+        out.insert(
+            format!("{name}.b"),
+            Tensor::zeros(fan_out, DType::F32, device)?,
+        );
         Ok(())
     };
     match config {
@@ -54,7 +59,10 @@ pub fn init_parameters(
             let cls = gaussian(d, rng);
             out.insert("cls".into(), Tensor::from_vec(cls, d, device)?);
             let pos = gaussian(c.tokens() * d, rng);
-            out.insert("pos".into(), Tensor::from_vec(pos, (c.tokens(), d), device)?);
+            out.insert(
+                "pos".into(),
+                Tensor::from_vec(pos, (c.tokens(), d), device)?,
+            );
         }
         ModelConfig::Gpt(c) => {
             let wte = gaussian(c.vocab * d, rng);

@@ -163,6 +163,67 @@ pub(crate) fn softmax_bwd<T: Real>(y: &[T], dy: &[T], n: usize) -> Vec<T> {
     dx
 }
 
+/// A row kernel generic over the fused element types: maps one contiguous slice of rows of length
+/// `row` to a new buffer of the same length.
+pub(crate) trait RowKernel1 {
+    /// Applies the kernel to `x`.
+    fn apply<T: Real>(&self, x: &[T], row: usize) -> Vec<T>;
+}
+
+/// As [`RowKernel1`], over two equally shaped slices (an input and an output gradient).
+pub(crate) trait RowKernel2 {
+    /// Applies the kernel to `(a, b)`.
+    fn apply<T: Real>(&self, a: &[T], b: &[T], row: usize) -> Vec<T>;
+}
+
+/// The `cpu_fwd` of a one-input fused op: dtype dispatch (`f32`, `f64`, else a typed error),
+/// contiguity check, kernel, same shape out.
+pub(crate) fn run_kernel1(
+    op: &'static str,
+    k: &impl RowKernel1,
+    s: &CpuStorage,
+    l: &Layout,
+) -> candle_core::Result<(CpuStorage, candle_core::Shape)> {
+    let row = l.shape().dims().last().copied().unwrap_or(1);
+    let out = match s.dtype() {
+        candle_core::DType::F32 => {
+            f32::to_cpu_storage_owned(k.apply(contiguous_slice::<f32>(s, l, op)?, row))
+        }
+        candle_core::DType::F64 => {
+            f64::to_cpu_storage_owned(k.apply(contiguous_slice::<f64>(s, l, op)?, row))
+        }
+        dtype => return Err(OpsError::UnsupportedDType { op, dtype }.into()),
+    };
+    Ok((out, l.shape().clone()))
+}
+
+/// The `cpu_fwd` of a two-input fused op (equal shapes and dtypes checked), as [`run_kernel1`].
+pub(crate) fn run_kernel2(
+    op: &'static str,
+    k: &impl RowKernel2,
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+) -> candle_core::Result<(CpuStorage, candle_core::Shape)> {
+    super::layer_norm::check_pair(op, s1, l1, s2, l2)?;
+    let row = l1.shape().dims().last().copied().unwrap_or(1);
+    let out = match s1.dtype() {
+        candle_core::DType::F32 => f32::to_cpu_storage_owned(k.apply(
+            contiguous_slice::<f32>(s1, l1, op)?,
+            contiguous_slice::<f32>(s2, l2, op)?,
+            row,
+        )),
+        candle_core::DType::F64 => f64::to_cpu_storage_owned(k.apply(
+            contiguous_slice::<f64>(s1, l1, op)?,
+            contiguous_slice::<f64>(s2, l2, op)?,
+            row,
+        )),
+        dtype => return Err(OpsError::UnsupportedDType { op, dtype }.into()),
+    };
+    Ok((out, l1.shape().clone()))
+}
+
 #[cfg(test)]
 mod tests {
     //! Kernel-level checks on exact cases and against a dense f64 Jacobian / finite difference.
@@ -248,65 +309,4 @@ mod tests {
         assert!(softmax_fwd::<f32>(&[], 0).is_empty());
         assert!(softmax_bwd::<f32>(&[], &[], 0).is_empty());
     }
-}
-
-/// A row kernel generic over the fused element types: maps one contiguous slice of rows of length
-/// `row` to a new buffer of the same length.
-pub(crate) trait RowKernel1 {
-    /// Applies the kernel to `x`.
-    fn apply<T: Real>(&self, x: &[T], row: usize) -> Vec<T>;
-}
-
-/// As [`RowKernel1`], over two equally shaped slices (an input and an output gradient).
-pub(crate) trait RowKernel2 {
-    /// Applies the kernel to `(a, b)`.
-    fn apply<T: Real>(&self, a: &[T], b: &[T], row: usize) -> Vec<T>;
-}
-
-/// The `cpu_fwd` of a one-input fused op: dtype dispatch (`f32`, `f64`, else a typed error),
-/// contiguity check, kernel, same shape out.
-pub(crate) fn run_kernel1(
-    op: &'static str,
-    k: &impl RowKernel1,
-    s: &CpuStorage,
-    l: &Layout,
-) -> candle_core::Result<(CpuStorage, candle_core::Shape)> {
-    let row = l.shape().dims().last().copied().unwrap_or(1);
-    let out = match s.dtype() {
-        candle_core::DType::F32 => {
-            f32::to_cpu_storage_owned(k.apply(contiguous_slice::<f32>(s, l, op)?, row))
-        }
-        candle_core::DType::F64 => {
-            f64::to_cpu_storage_owned(k.apply(contiguous_slice::<f64>(s, l, op)?, row))
-        }
-        dtype => return Err(OpsError::UnsupportedDType { op, dtype }.into()),
-    };
-    Ok((out, l.shape().clone()))
-}
-
-/// The `cpu_fwd` of a two-input fused op (equal shapes and dtypes checked), as [`run_kernel1`].
-pub(crate) fn run_kernel2(
-    op: &'static str,
-    k: &impl RowKernel2,
-    s1: &CpuStorage,
-    l1: &Layout,
-    s2: &CpuStorage,
-    l2: &Layout,
-) -> candle_core::Result<(CpuStorage, candle_core::Shape)> {
-    super::layer_norm::check_pair(op, s1, l1, s2, l2)?;
-    let row = l1.shape().dims().last().copied().unwrap_or(1);
-    let out = match s1.dtype() {
-        candle_core::DType::F32 => f32::to_cpu_storage_owned(k.apply(
-            contiguous_slice::<f32>(s1, l1, op)?,
-            contiguous_slice::<f32>(s2, l2, op)?,
-            row,
-        )),
-        candle_core::DType::F64 => f64::to_cpu_storage_owned(k.apply(
-            contiguous_slice::<f64>(s1, l1, op)?,
-            contiguous_slice::<f64>(s2, l2, op)?,
-            row,
-        )),
-        dtype => return Err(OpsError::UnsupportedDType { op, dtype }.into()),
-    };
-    Ok((out, l1.shape().clone()))
 }

@@ -841,7 +841,7 @@ fn second_order(runs: &[RunData], dir: &Path) -> Result<Figure> {
                         .iter()
                         .filter_map(|(s, v)| Some((*s as f64, super::stats::median(v)?)))
                         .collect();
-                    for (st, _) in steps {
+                    for st in steps.keys() {
                         s_range = (s_range.0.min(*st), s_range.1.max(*st));
                     }
                     let short = layer.rsplit_once('.').map_or(layer.as_str(), |x| x.1);
