@@ -171,6 +171,50 @@ fn every_parameter_gets_a_gradient_and_tracked_layers_capture() {
     model.set_tracking(false);
 }
 
+/// K-FAC's convention is a mean over sequences of per-sequence losses; the GPT's loss also
+/// averages over the T positions. The rescaled capture of the mean loss equals, to f32 rounding,
+/// the capture of `Σ_t ℓ_nt / N` (the convention's loss), computed by its own backward pass; the
+/// ViT's captures are left alone.
+#[test]
+fn kfac_captures_are_rescaled_to_per_sequence_sums() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let model = Transformer::init(tiny(16), &mut rng, DType::F32, &Device::Cpu).unwrap();
+    let set = TextSet::from_bytes(TEXT.as_bytes().to_vec(), 16).unwrap();
+    let batch = set.batch(&[3, 50, 200], &Device::Cpu).unwrap();
+    let capture_of = |sum_over_tokens: bool| {
+        model.set_tracking(true);
+        let mut loss =
+            cross_entropy(&model.forward(&batch.inputs).unwrap(), &batch.targets).unwrap();
+        if sum_over_tokens {
+            loss = (loss * 16.0).unwrap();
+        }
+        let grads = loss.backward().unwrap();
+        let c = model.attention_and_mlp_layers()[1]
+            .capture(&grads)
+            .unwrap()
+            .unwrap();
+        model.set_tracking(false);
+        c
+    };
+    let mean = bmt_trainer::kfac::per_sample_sum_capture(&model, capture_of(false)).unwrap();
+    let sum = capture_of(true);
+    let scale = sum
+        .output_grad
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    let scale = scale.to_scalar::<f32>().unwrap();
+    let d = max_abs_diff(&mean.output_grad, &sum.output_grad);
+    assert!(
+        d <= 1e-5 * scale,
+        "rescaled capture differs by {d} (scale {scale})"
+    );
+    assert_eq!(max_abs_diff(&mean.input, &sum.input), 0.0);
+}
+
 /// The smallest mean cross-entropy any model of the next byte given the window's prefix can
 /// reach on the windows of `set`: `Σ_prefix Σ_b −n_{p,b} ln(n_{p,b}/n_p) / N`, where `n_{p,b}`
 /// counts the predictions whose prefix (which also fixes the position) is `p` and target is `b`.

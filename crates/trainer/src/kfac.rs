@@ -250,11 +250,26 @@ fn captures(
     let mut out = Vec::with_capacity(layers.len());
     for l in model.attention_and_mlp_layers() {
         if let Some(c) = l.capture(grads)? {
-            out.push(c);
+            out.push(per_sample_sum_capture(model, c)?);
         }
     }
     debug_assert!(out.is_empty() || out.len() == layers.len());
     Ok(out)
+}
+
+/// A capture rescaled to `bmt-kfac`'s convention, in which the loss is a mean over the `N`
+/// sequences of per-sequence losses. The GPT's loss is a mean over all `N·T` byte predictions,
+/// i.e. per-sequence losses that are themselves token means: its output gradients carry an extra
+/// `1/T`, so they are multiplied by `T` here, which makes them those of the per-sequence token
+/// *sum*. Without it `G` (a square of gradients) would come out `T` times too small against the
+/// Fisher of the loss (linear in it), and the damping would swamp it. The ViT's loss reads one
+/// token per image: unchanged.
+pub fn per_sample_sum_capture(model: &Transformer, mut c: LayerCapture) -> Result<LayerCapture> {
+    if model.config().causal() && c.output_grad.rank() >= 3 {
+        let t = c.output_grad.dims()[1];
+        c.output_grad = (c.output_grad * t as f64)?;
+    }
+    Ok(c)
 }
 
 /// One K-FAC step after the training backward (`grads`). On refresh steps the captures come from

@@ -5,8 +5,9 @@
 //! - first order: `⟨∇W̄, ΔW̄⟩`;
 //! - second order: `½⟨ΔW̄, G ΔW̄ A⟩`, with `A` and `G` the layer's Kronecker factors from this batch's
 //!   recorded activations and output gradients (`bmt_kfac::kronecker_factors`, expand setting, the
-//!   same code K-FAC uses; the output gradients are those of the training loss, so `A ⊗ G` is the
-//!   K-FAC approximation of the empirical Fisher block);
+//!   same code K-FAC uses; the output gradients are those of the training loss, for the GPT
+//!   rescaled to per-sequence token sums by [`crate::kfac::per_sample_sum_capture`], so `A ⊗ G`
+//!   is the K-FAC approximation of the empirical Fisher block of the loss);
 //!
 //! and for the whole model the first-order change `g·Δθ` over every parameter and the loss change
 //! measured on the same batch after the update. If the first-order term alone explained the loss
@@ -61,6 +62,7 @@ impl Before {
             let Some(capture) = l.capture(grads)? else {
                 continue;
             };
+            let capture = crate::kfac::per_sample_sum_capture(model, capture)?;
             let (Some(gw), gb) = (
                 grads.get(l.weight().as_tensor()),
                 l.bias().and_then(|b| grads.get(b.as_tensor())),
