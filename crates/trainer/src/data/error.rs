@@ -126,7 +126,7 @@ pub enum DataError {
         found: String,
     },
     /// A text file cannot hold the windows requested.
-    #[error("{origin}: {size} bytes is too small for context {context}: need at least {required} bytes ({why}); use a larger file or a smaller context")]
+    #[error("{origin}: {size} bytes is too small for context {context}: need at least {required} bytes ({why}); use a larger file or a smaller context (--context)")]
     TextTooSmall {
         /// The text file.
         origin: String,
