@@ -15,10 +15,6 @@
 //!
 //! Timings mean something only on an otherwise idle machine (`docs/CANDLE-NOTES.md`, Threads).
 
-/// Keeps freed pages for reuse (see `bmt_trainer::alloc`).
-#[global_allocator]
-static ALLOCATOR: bmt_trainer::alloc::Allocator = bmt_trainer::alloc::Allocator {};
-
 use std::path::PathBuf;
 use std::time::Instant;
 

@@ -1,9 +1,5 @@
 //! `bmt`: the command line of brownian-transformer (`cargo xtask train` forwards here).
 
-/// Keeps freed pages for reuse (see `bmt_trainer::alloc`).
-#[global_allocator]
-static ALLOCATOR: bmt_trainer::alloc::Allocator = bmt_trainer::alloc::Allocator {};
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
