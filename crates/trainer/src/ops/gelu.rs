@@ -6,7 +6,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
-use super::kernels::{self, Real, RowKernel1, RowKernel2};
+use super::kernels::{self, MulAdd, Real, RowKernel1, RowKernel2};
 use super::{check_rank, fused_supported};
 
 const FWD_NAME: &str = "fused-gelu-tanh";
@@ -39,11 +39,11 @@ pub fn gelu_composite(x: &Tensor) -> candle_core::Result<Tensor> {
 /// overflows to ∞ and the fraction to 0); near 0 its absolute error is a few ulps of 1, which GELU
 /// multiplies by `x/2`.
 #[inline(always)]
-fn tanh_fast<T: Real>(u: T) -> T {
+fn tanh_fast<T: Real, M: MulAdd>(u: T) -> T {
     let two = T::from_f64(2.0);
     let one = T::from_f64(1.0);
     let a = if u < T::zero() { T::zero() - u } else { u };
-    let t = one - two / ((a + a).exp_t() + one);
+    let t = one - two / ((a + a).exp_k::<M>() + one);
     if u < T::zero() {
         T::zero() - t
     } else {
@@ -56,33 +56,35 @@ fn inner<T: Real>(x: T) -> T {
     T::from_f64(C) * (x + T::from_f64(A) * x * x * x)
 }
 
-fn gelu_fwd<T: Real>(x: &[T]) -> Vec<T> {
+/// `y = ½x(1 + tanh(√(2/π)(x + 0.044715x³)))` elementwise into `y`.
+#[inline(always)]
+fn gelu_fwd<T: Real, M: MulAdd>(x: &[T], y: &mut [T]) {
     let half = T::from_f64(0.5);
     let one = T::from_f64(1.0);
-    x.iter()
-        .map(|&v| half * v * (one + tanh_fast(inner(v))))
-        .collect()
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = half * v * (one + tanh_fast::<T, M>(inner(v)));
+    }
 }
 
-fn gelu_bwd<T: Real>(x: &[T], dy: &[T]) -> Vec<T> {
+/// `dx = dy·(½(1 + t) + ½x(1 − t²)·√(2/π)(1 + 3·0.044715x²))` elementwise into `dx`.
+#[inline(always)]
+fn gelu_bwd<T: Real, M: MulAdd>(x: &[T], dy: &[T], dx: &mut [T]) {
     let half = T::from_f64(0.5);
     let one = T::from_f64(1.0);
     let c = T::from_f64(C);
     let a3 = T::from_f64(3.0 * A);
-    x.iter()
-        .zip(dy)
-        .map(|(&v, &g)| {
-            let t = tanh_fast(inner(v));
-            g * (half * (one + t) + half * v * (one - t * t) * c * (one + a3 * v * v))
-        })
-        .collect()
+    for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+        let t = tanh_fast::<T, M>(inner(v));
+        *o = g * (half * (one + t) + half * v * (one - t * t) * c * (one + a3 * v * v));
+    }
 }
 
 struct GeluFwd;
 
 impl RowKernel1 for GeluFwd {
-    fn apply<T: Real>(&self, x: &[T], _row: usize) -> Vec<T> {
-        gelu_fwd(x)
+    #[inline(always)]
+    fn apply<T: Real, M: MulAdd>(&self, x: &[T], _row: usize, out: &mut [T]) {
+        gelu_fwd::<T, M>(x, out)
     }
 }
 
@@ -104,8 +106,9 @@ impl CustomOp1 for GeluFwd {
 struct GeluBwd;
 
 impl RowKernel2 for GeluBwd {
-    fn apply<T: Real>(&self, x: &[T], dy: &[T], _row: usize) -> Vec<T> {
-        gelu_bwd(x, dy)
+    #[inline(always)]
+    fn apply<T: Real, M: MulAdd>(&self, x: &[T], dy: &[T], _row: usize, out: &mut [T]) {
+        gelu_bwd::<T, M>(x, dy, out)
     }
 }
 

@@ -3,7 +3,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
 
-use super::kernels::{self, Real, RowKernel1, RowKernel2};
+use super::kernels::{self, MulAdd, Real, RowKernel1, RowKernel2};
 use super::{check_rank, fused_supported, OpsError};
 
 const FWD_NAME: &str = "fused-layer-norm-normalize";
@@ -54,8 +54,9 @@ struct LayerNormFwd {
 }
 
 impl RowKernel1 for LayerNormFwd {
-    fn apply<T: Real>(&self, x: &[T], row: usize) -> Vec<T> {
-        kernels::layer_norm_fwd(x, row, self.eps)
+    #[inline(always)]
+    fn apply<T: Real, M: MulAdd>(&self, x: &[T], row: usize, out: &mut [T]) {
+        kernels::layer_norm_fwd(x, row, self.eps, out)
     }
 }
 
@@ -81,8 +82,9 @@ struct LayerNormBwd {
 }
 
 impl RowKernel2 for LayerNormBwd {
-    fn apply<T: Real>(&self, x: &[T], dy: &[T], row: usize) -> Vec<T> {
-        kernels::layer_norm_bwd(x, dy, row, self.eps)
+    #[inline(always)]
+    fn apply<T: Real, M: MulAdd>(&self, x: &[T], dy: &[T], row: usize, out: &mut [T]) {
+        kernels::layer_norm_bwd(x, dy, row, self.eps, out)
     }
 }
 

@@ -77,3 +77,4 @@ fn check_rank(x: &Tensor, op: &'static str) -> candle_core::Result<()> {
     }
     Ok(())
 }
+

@@ -2,7 +2,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
 
-use super::kernels::{self, Real, RowKernel1, RowKernel2};
+use super::kernels::{self, MulAdd, Real, RowKernel1, RowKernel2};
 use super::{check_rank, fused_supported};
 
 const FWD_NAME: &str = "fused-softmax-last-dim";
@@ -43,8 +43,9 @@ fn composite(x: &Tensor) -> candle_core::Result<Tensor> {
 struct SoftmaxFwd;
 
 impl RowKernel1 for SoftmaxFwd {
-    fn apply<T: Real>(&self, x: &[T], row: usize) -> Vec<T> {
-        kernels::softmax_fwd(x, row)
+    #[inline(always)]
+    fn apply<T: Real, M: MulAdd>(&self, x: &[T], row: usize, out: &mut [T]) {
+        kernels::softmax_fwd::<T, M>(x, row, out)
     }
 }
 
@@ -68,8 +69,9 @@ impl CustomOp1 for SoftmaxFwd {
 struct SoftmaxBwd;
 
 impl RowKernel2 for SoftmaxBwd {
-    fn apply<T: Real>(&self, y: &[T], dy: &[T], row: usize) -> Vec<T> {
-        kernels::softmax_bwd(y, dy, row)
+    #[inline(always)]
+    fn apply<T: Real, M: MulAdd>(&self, y: &[T], dy: &[T], row: usize, out: &mut [T]) {
+        kernels::softmax_bwd(y, dy, row, out)
     }
 }
 
