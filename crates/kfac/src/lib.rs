@@ -72,6 +72,7 @@ pub mod cg;
 pub mod error;
 pub mod factors;
 mod linalg;
+pub mod linear_op;
 pub mod optim;
 pub mod precond;
 pub mod tracked;
@@ -87,4 +88,5 @@ pub use precond::{
     sample_labels, DampingKind, FisherType, KfacConfig, KfacOptimizer, KfacStepStats,
     PreconditionedLayer, Preconditioner, Solver,
 };
+pub use linear_op::{fused_linear, fused_linear_supported};
 pub use tracked::{linear_vars, LayerCapture, TrackedLinear};

@@ -7,7 +7,8 @@
 //!   store holds `∂L/∂y` for that output (Candle keeps gradients only for `Var` leaves; see
 //!   CANDLE-NOTES.md). The probe adds zero, so the forward value is unchanged.
 //!
-//! With tracking off the forward pass is exactly one matmul and one broadcast add: no probe, no record.
+//! With tracking off the forward pass is one fused matmul-plus-bias op (`linear_op`): no probe, no
+//! record.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -153,25 +154,29 @@ impl TrackedLinear {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `x Wᵀ + b` on inputs of any rank ≥ 1: leading dimensions are flattened into one matmul
-    /// against the strided transpose of `W` (no copy of the weight).
+    /// `x Wᵀ + b` on inputs of any rank ≥ 1: leading dimensions are flattened into one matrix
+    /// product. On the CPU in `f32`/`f64` this is the fused op of [`crate::linear_op`] (one graph
+    /// node, hand-written backward); elsewhere candle's composite ops.
     fn affine(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims();
         let in_dim = *dims.last().unwrap_or(&0);
         let rows = x.elem_count() / in_dim.max(1);
         let x2 = x.reshape((rows, in_dim))?;
         let w = self.weight.as_tensor();
-        let y = match &self.bias {
-            // The bias rides in the GEMM as an extra column: [x 1]·[W b]ᵀ. Its gradient then comes
-            // out of the matmul's backward as one GEMM, where `broadcast_add`'s backward would sum
-            // over rows with candle's slow strided reduction (one integer division per element).
-            Some(b) => {
-                let ones = Tensor::ones((rows, 1), x.dtype(), x.device())?;
-                let xa = Tensor::cat(&[&x2, &ones], 1)?;
-                let wb = Tensor::cat(&[w, &b.as_tensor().unsqueeze(1)?], 1)?;
-                xa.matmul(&wb.t()?)?
+        let y = if crate::linear_op::fused_linear_supported(&x2) {
+            crate::linear_op::fused_linear(&x2, w, self.bias.as_ref().map(|b| b.as_tensor()))?
+        } else {
+            match &self.bias {
+                // The bias rides in the GEMM as an extra column, [x 1]·[W b]ᵀ, so its gradient
+                // comes out of the matmul's backward instead of a strided row reduction.
+                Some(b) => {
+                    let ones = Tensor::ones((rows, 1), x.dtype(), x.device())?;
+                    let xa = Tensor::cat(&[&x2, &ones], 1)?;
+                    let wb = Tensor::cat(&[w, &b.as_tensor().unsqueeze(1)?], 1)?;
+                    xa.matmul(&wb.t()?)?
+                }
+                None => x2.matmul(&w.t()?)?,
             }
-            None => x2.matmul(&w.t()?)?,
         };
         let mut out_dims = dims.to_vec();
         if let Some(last) = out_dims.last_mut() {

@@ -1,0 +1,484 @@
+//! `y = x Wᵀ + b` as one differentiable CPU op with a hand-written backward pass.
+//!
+//! Built from candle tensor ops, a linear layer with bias is a matmul, a broadcast add and their
+//! backward nodes; candle reduces the broadcast's gradient over rows with a strided reduction (one
+//! integer division per element), and every node's gradient is accumulated through a freshly zeroed
+//! buffer. The fused op here is one graph node:
+//!
+//! | direction | computation (rows `N`, `x: (N, n)`, `W: (m, n)`, `b: (m)`) |
+//! |-----------|------------------------------------------------------------|
+//! | forward | `y = x Wᵀ + b`: one GEMM accumulating onto rows pre-filled with `b` |
+//! | backward | `dx = dy W`, `dW = dyᵀ x` (two GEMMs), `db = Σ_rows dy` |
+//!
+//! The GEMMs are the `gemm` crate's, the kernels candle's own CPU matmul uses, called with the
+//! operands' strides (no transposed copies). The op exists for contiguous CPU `f32`/`f64` inputs;
+//! [`fused_linear_supported`] says when, and [`crate::TrackedLinear`] falls back to candle's
+//! composite ops elsewhere (CUDA, half precision).
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType,
+};
+use gemm::{gemm, Parallelism};
+
+const FWD_NAME: &str = "bmt-fused-linear";
+const FWD_NO_BIAS_NAME: &str = "bmt-fused-linear-no-bias";
+const BWD_INPUT_NAME: &str = "bmt-fused-linear-bwd-input";
+const BWD_WEIGHT_NAME: &str = "bmt-fused-linear-bwd-weight";
+const BWD_BIAS_NAME: &str = "bmt-fused-linear-bwd-bias";
+
+/// Whether [`fused_linear`] can run on `x` (CPU, `f32` or `f64`).
+pub fn fused_linear_supported(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// `y = x Wᵀ + b` for `x: (N, n)`, `W: (m, n)`, `b: (m)` (or no bias), recorded for backprop with
+/// the fused backward `dx = dy W`, `dW = dyᵀ x`, `db = Σ_rows dy`.
+///
+/// Operands that are not contiguous are made contiguous first. Shapes are checked; the caller must
+/// ensure [`fused_linear_supported`] (an unsupported device or dtype is a candle error).
+pub fn fused_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let (_, n) = x.dims2()?;
+    let (m, wn) = w.dims2()?;
+    if wn != n {
+        candle_core::bail!("fused linear: input has {n} features, the weight {wn} (shape {m}×{wn})");
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match b {
+        Some(b) => {
+            if b.dims() != [m] {
+                candle_core::bail!("fused linear: bias of shape {:?}, expected ({m},)", b.dims());
+            }
+            x.apply_op3(&w, &b.contiguous()?, LinearFwd)
+        }
+        None => x.apply_op2(&w, LinearFwdNoBias),
+    }
+}
+
+/// Candle's CPU thread count as the GEMM's parallelism (one thread: no pool at all).
+fn parallelism() -> Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => Parallelism::None,
+        t => Parallelism::Rayon(t),
+    }
+}
+
+/// A row-major matrix view: base slice and (row, column) strides in elements.
+#[derive(Clone, Copy)]
+struct View<'a, T> {
+    data: &'a [T],
+    rs: isize,
+    cs: isize,
+}
+
+/// `dst (r×c, row-major) = [dst +] lhs (r×k) · rhs (k×c)`, strides taken from the views.
+///
+/// Safety argument: every index the GEMM touches is `i·rs + j·cs` with `i < r`, `j < c` (or `< k`),
+/// and the callers build views whose extents are checked against the slices' lengths below.
+fn gemm_into<T: WithDType>(
+    dst: &mut [T],
+    (r, c, k): (usize, usize, usize),
+    accumulate: bool,
+    lhs: View<'_, T>,
+    rhs: View<'_, T>,
+) {
+    let extent = |v: View<'_, T>, rows: usize, cols: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * v.rs as usize + (cols - 1) * v.cs as usize + 1
+        }
+    };
+    assert!(dst.len() >= r * c, "gemm_into: destination too small");
+    assert!(lhs.data.len() >= extent(lhs, r, k), "gemm_into: lhs too small");
+    assert!(rhs.data.len() >= extent(rhs, k, c), "gemm_into: rhs too small");
+    if r == 0 || c == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..r * c].iter_mut().for_each(|v| *v = T::from_f64(0.0));
+        }
+        return;
+    }
+    // SAFETY: the extents above bound every access; `dst` is exclusively borrowed and does not
+    // alias `lhs` or `rhs` (distinct allocations: `dst` is a fresh buffer in every caller).
+    unsafe {
+        gemm(
+            r,
+            c,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            c as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs,
+            lhs.rs,
+            rhs.data.as_ptr(),
+            rhs.cs,
+            rhs.rs,
+            T::from_f64(1.0),
+            T::from_f64(1.0),
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
+}
+
+/// The contiguous slice of `s` that `l` describes, or an error naming the op.
+fn slice<'a, T: WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &'static str,
+) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("{op}: operand is not contiguous"),
+    }
+}
+
+/// Forward kernel: `y (N×m) = x (N×n) · Wᵀ [+ b]`.
+fn forward<T: WithDType>(x: &[T], w: &[T], b: Option<&[T]>, rows: usize, n: usize, m: usize) -> Vec<T> {
+    let mut y = match b {
+        Some(b) => {
+            let mut y = Vec::with_capacity(rows * m);
+            for _ in 0..rows {
+                y.extend_from_slice(b);
+            }
+            y
+        }
+        None => vec![T::from_f64(0.0); rows * m],
+    };
+    // Wᵀ as an n×m view of W (m×n, row-major): element (k, j) = W[j·n + k].
+    let wt = View { data: w, rs: 1, cs: n as isize };
+    let xv = View { data: x, rs: n as isize, cs: 1 };
+    gemm_into(&mut y, (rows, m, n), b.is_some(), xv, wt);
+    y
+}
+
+/// Runs `f` on the operands as `f32` or `f64`, or returns a typed error for other dtypes.
+macro_rules! dispatch {
+    ($op:expr, $s:expr, |$t:ident| $body:expr) => {
+        match $s.dtype() {
+            DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            DType::F64 => {
+                type $t = f64;
+                $body
+            }
+            dtype => candle_core::bail!("{}: no fused kernel for {dtype:?}", $op),
+        }
+    };
+}
+
+/// The forward op over `(x, W, b)`.
+struct LinearFwd;
+
+impl CustomOp3 for LinearFwd {
+    fn name(&self) -> &'static str {
+        FWD_NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, n) = lx.shape().dims2()?;
+        let (m, _) = lw.shape().dims2()?;
+        let y = dispatch!(FWD_NAME, sx, |T| T::to_cpu_storage_owned(forward::<T>(
+            slice(sx, lx, FWD_NAME)?,
+            slice(sw, lw, FWD_NAME)?,
+            Some(slice(sb, lb, FWD_NAME)?),
+            rows,
+            n,
+            m,
+        )));
+        Ok((y, Shape::from((rows, m))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op2_no_bwd(w, &BwdInput)?;
+        let dw = dy.apply_op2_no_bwd(x, &BwdWeight)?;
+        let db = dy.apply_op1_no_bwd(&BwdBias)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// The forward op over `(x, W)` (a layer without bias).
+struct LinearFwdNoBias;
+
+impl CustomOp2 for LinearFwdNoBias {
+    fn name(&self) -> &'static str {
+        FWD_NO_BIAS_NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, n) = lx.shape().dims2()?;
+        let (m, _) = lw.shape().dims2()?;
+        let y = dispatch!(FWD_NO_BIAS_NAME, sx, |T| T::to_cpu_storage_owned(
+            forward::<T>(
+                slice(sx, lx, FWD_NO_BIAS_NAME)?,
+                slice(sw, lw, FWD_NO_BIAS_NAME)?,
+                None,
+                rows,
+                n,
+                m,
+            )
+        ));
+        Ok((y, Shape::from((rows, m))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op2_no_bwd(w, &BwdInput)?;
+        let dw = dy.apply_op2_no_bwd(x, &BwdWeight)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `dx (N×n) = dy (N×m) · W (m×n)`, over `(dy, W)`.
+struct BwdInput;
+
+impl CustomOp2 for BwdInput {
+    fn name(&self) -> &'static str {
+        BWD_INPUT_NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        sg: &CpuStorage,
+        lg: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, m) = lg.shape().dims2()?;
+        let (_, n) = lw.shape().dims2()?;
+        let dx = dispatch!(BWD_INPUT_NAME, sg, |T| {
+            let (g, w) = (
+                slice::<T>(sg, lg, BWD_INPUT_NAME)?,
+                slice::<T>(sw, lw, BWD_INPUT_NAME)?,
+            );
+            let mut dx = vec![T::from_f64(0.0); rows * n];
+            let gv = View { data: g, rs: m as isize, cs: 1 };
+            let wv = View { data: w, rs: n as isize, cs: 1 };
+            gemm_into(&mut dx, (rows, n, m), false, gv, wv);
+            T::to_cpu_storage_owned(dx)
+        });
+        Ok((dx, Shape::from((rows, n))))
+    }
+}
+
+/// `dW (m×n) = dyᵀ (m×N) · x (N×n)`, over `(dy, x)`.
+struct BwdWeight;
+
+impl CustomOp2 for BwdWeight {
+    fn name(&self) -> &'static str {
+        BWD_WEIGHT_NAME
+    }
+
+    fn cpu_fwd(
+        &self,
+        sg: &CpuStorage,
+        lg: &Layout,
+        sx: &CpuStorage,
+        lx: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, m) = lg.shape().dims2()?;
+        let (_, n) = lx.shape().dims2()?;
+        let dw = dispatch!(BWD_WEIGHT_NAME, sg, |T| {
+            let (g, x) = (
+                slice::<T>(sg, lg, BWD_WEIGHT_NAME)?,
+                slice::<T>(sx, lx, BWD_WEIGHT_NAME)?,
+            );
+            let mut dw = vec![T::from_f64(0.0); m * n];
+            // dyᵀ as an m×N view of dy (N×m): element (j, r) = dy[r·m + j].
+            let gt = View { data: g, rs: 1, cs: m as isize };
+            let xv = View { data: x, rs: n as isize, cs: 1 };
+            gemm_into(&mut dw, (m, n, rows), false, gt, xv);
+            T::to_cpu_storage_owned(dw)
+        });
+        Ok((dw, Shape::from((m, n))))
+    }
+}
+
+/// `db (m) = Σ_rows dy`, over `dy (N×m)`, accumulated row by row in the element type.
+struct BwdBias;
+
+impl CustomOp1 for BwdBias {
+    fn name(&self) -> &'static str {
+        BWD_BIAS_NAME
+    }
+
+    fn cpu_fwd(&self, sg: &CpuStorage, lg: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, m) = lg.shape().dims2()?;
+        let db = dispatch!(BWD_BIAS_NAME, sg, |T| {
+            let g = slice::<T>(sg, lg, BWD_BIAS_NAME)?;
+            let mut db = vec![T::from_f64(0.0); m];
+            if m > 0 {
+                for row in g.chunks_exact(m) {
+                    for (acc, &v) in db.iter_mut().zip(row) {
+                        *acc += v;
+                    }
+                }
+            }
+            T::to_cpu_storage_owned(db)
+        });
+        Ok((db, Shape::from(m)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// A deterministic pseudo-random fill in [−1, 1).
+    fn fill(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The composite reference `x Wᵀ + b` from candle ops, its gradients for `L = Σ c ⊙ y`.
+    fn composite(
+        x: &Var,
+        w: &Var,
+        b: Option<&Var>,
+        c: &Tensor,
+    ) -> (Tensor, Vec<Option<Tensor>>) {
+        let mut y = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
+        if let Some(b) = b {
+            y = y.broadcast_add(b.as_tensor()).unwrap();
+        }
+        let g = (&y * c).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut out = vec![g.get(x).cloned(), g.get(w).cloned()];
+        if let Some(b) = b {
+            out.push(g.get(b).cloned());
+        }
+        (y, out)
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    #[test]
+    fn matches_composite_in_value_and_gradient_f64() {
+        // Same sums in another order: agreement to a few ulps of the operands' magnitude (n ≤ 65).
+        let dev = Device::Cpu;
+        for (rows, n, m, bias) in [(7, 5, 3, true), (33, 64, 17, true), (4, 9, 6, false), (1, 1, 1, true)] {
+            let t = |v: Vec<f64>, s: (usize, usize)| Tensor::from_vec(v, s, &dev).unwrap();
+            let x = Var::from_tensor(&t(fill(rows * n, 1), (rows, n))).unwrap();
+            let w = Var::from_tensor(&t(fill(m * n, 2), (m, n))).unwrap();
+            let b = bias.then(|| Var::from_tensor(&Tensor::from_vec(fill(m, 3), m, &dev).unwrap()).unwrap());
+            let c = t(fill(rows * m, 4), (rows, m));
+            let (y_ref, g_ref) = composite(&x, &w, b.as_ref(), &c);
+            let y = fused_linear(x.as_tensor(), w.as_tensor(), b.as_ref().map(|b| b.as_tensor())).unwrap();
+            let grads = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+            let tol = 1e-13;
+            assert!(max_abs_diff(&y, &y_ref) < tol, "value {rows}×{n}→{m}");
+            let mut got = vec![grads.get(&x).cloned(), grads.get(&w).cloned()];
+            if let Some(b) = &b {
+                got.push(grads.get(b).cloned());
+            }
+            for (i, (g, r)) in got.iter().zip(&g_ref).enumerate() {
+                let (g, r) = (g.as_ref().expect("fused gradient"), r.as_ref().unwrap());
+                assert_eq!(g.dims(), r.dims());
+                assert!(max_abs_diff(g, r) < tol, "gradient {i} of {rows}×{n}→{m}");
+            }
+        }
+    }
+
+    #[test]
+    fn exact_small_case_f32() {
+        // x = [[1, 2]], W = [[1, 0], [0, 1], [1, 1]], b = [0.5, −1, 0]: y = [1.5, 1, 3].
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[1f32, 2.0]], &dev).unwrap();
+        let w = Tensor::new(&[[1f32, 0.0], [0.0, 1.0], [1.0, 1.0]], &dev).unwrap();
+        let b = Tensor::new(&[0.5f32, -1.0, 0.0], &dev).unwrap();
+        let y = fused_linear(&x, &w, Some(&b)).unwrap();
+        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![1.5, 1.0, 3.0]]);
+    }
+
+    #[test]
+    fn transposed_input_is_made_contiguous() {
+        let dev = Device::Cpu;
+        let xt = Tensor::from_vec(fill(12, 5), (3, 4), &dev).unwrap();
+        let x = xt.t().unwrap(); // (4, 3), strided
+        let w = Tensor::from_vec(fill(6, 6), (2, 3), &dev).unwrap();
+        let want = x.matmul(&w.t().unwrap()).unwrap();
+        let got = fused_linear(&x, &w, None).unwrap();
+        assert!(max_abs_diff(&got, &want) < 1e-14);
+    }
+
+    #[test]
+    fn shape_mismatch_is_an_error() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((4, 5), DType::F32, &dev).unwrap();
+        let err = fused_linear(&x, &w, None).unwrap_err().to_string();
+        assert!(err.contains("3 features"), "{err}");
+        let w = Tensor::zeros((4, 3), DType::F32, &dev).unwrap();
+        let b = Tensor::zeros(5, DType::F32, &dev).unwrap();
+        assert!(fused_linear(&x, &w, Some(&b)).is_err());
+    }
+
+    #[test]
+    fn empty_batch_gives_empty_output_and_zero_weight_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::zeros((0, 3), DType::F64, &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::from_vec(fill(6, 7), (2, 3), &dev).unwrap()).unwrap();
+        let y = fused_linear(x.as_tensor(), w.as_tensor(), None).unwrap();
+        assert_eq!(y.dims(), &[0, 2]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let dw = g.get(&w).expect("weight gradient");
+        assert_eq!(dw.to_vec2::<f64>().unwrap(), vec![vec![0.0; 3]; 2]);
+    }
+}
