@@ -83,10 +83,10 @@ mod tests;
 pub use cg::{conjugate_gradient, CgOutcome, CgSettings};
 pub use error::{KfacError, Result};
 pub use factors::{kronecker_factors, kronecker_quadratic_form, CurvatureRows, WeightSharing};
+pub use linear_op::{fused_linear, fused_linear_supported};
 pub use optim::{AdamW, AdamWConfig, GradientSource, NamedParams, Optimizer, SgdMomentum};
 pub use precond::{
     sample_labels, DampingKind, FisherType, KfacConfig, KfacOptimizer, KfacStepStats,
     PreconditionedLayer, Preconditioner, Solver,
 };
-pub use linear_op::{fused_linear, fused_linear_supported};
 pub use tracked::{linear_vars, LayerCapture, TrackedLinear};

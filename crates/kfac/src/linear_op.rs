@@ -41,13 +41,18 @@ pub fn fused_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::
     let (_, n) = x.dims2()?;
     let (m, wn) = w.dims2()?;
     if wn != n {
-        candle_core::bail!("fused linear: input has {n} features, the weight {wn} (shape {m}×{wn})");
+        candle_core::bail!(
+            "fused linear: input has {n} features, the weight {wn} (shape {m}×{wn})"
+        );
     }
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     match b {
         Some(b) => {
             if b.dims() != [m] {
-                candle_core::bail!("fused linear: bias of shape {:?}, expected ({m},)", b.dims());
+                candle_core::bail!(
+                    "fused linear: bias of shape {:?}, expected ({m},)",
+                    b.dims()
+                );
             }
             x.apply_op3(&w, &b.contiguous()?, LinearFwd)
         }
@@ -90,8 +95,14 @@ fn gemm_into<T: WithDType>(
         }
     };
     assert!(dst.len() >= r * c, "gemm_into: destination too small");
-    assert!(lhs.data.len() >= extent(lhs, r, k), "gemm_into: lhs too small");
-    assert!(rhs.data.len() >= extent(rhs, k, c), "gemm_into: rhs too small");
+    assert!(
+        lhs.data.len() >= extent(lhs, r, k),
+        "gemm_into: lhs too small"
+    );
+    assert!(
+        rhs.data.len() >= extent(rhs, k, c),
+        "gemm_into: rhs too small"
+    );
     if r == 0 || c == 0 {
         return;
     }
@@ -141,7 +152,14 @@ fn slice<'a, T: WithDType>(
 }
 
 /// Forward kernel: `y (N×m) = x (N×n) · Wᵀ [+ b]`.
-fn forward<T: WithDType>(x: &[T], w: &[T], b: Option<&[T]>, rows: usize, n: usize, m: usize) -> Vec<T> {
+fn forward<T: WithDType>(
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    rows: usize,
+    n: usize,
+    m: usize,
+) -> Vec<T> {
     let mut y = match b {
         Some(b) => {
             let mut y = Vec::with_capacity(rows * m);
@@ -153,8 +171,16 @@ fn forward<T: WithDType>(x: &[T], w: &[T], b: Option<&[T]>, rows: usize, n: usiz
         None => vec![T::from_f64(0.0); rows * m],
     };
     // Wᵀ as an n×m view of W (m×n, row-major): element (k, j) = W[j·n + k].
-    let wt = View { data: w, rs: 1, cs: n as isize };
-    let xv = View { data: x, rs: n as isize, cs: 1 };
+    let wt = View {
+        data: w,
+        rs: 1,
+        cs: n as isize,
+    };
+    let xv = View {
+        data: x,
+        rs: n as isize,
+        cs: 1,
+    };
     gemm_into(&mut y, (rows, m, n), b.is_some(), xv, wt);
     y
 }
@@ -289,8 +315,16 @@ impl CustomOp2 for BwdInput {
                 slice::<T>(sw, lw, BWD_INPUT_NAME)?,
             );
             let mut dx = vec![T::from_f64(0.0); rows * n];
-            let gv = View { data: g, rs: m as isize, cs: 1 };
-            let wv = View { data: w, rs: n as isize, cs: 1 };
+            let gv = View {
+                data: g,
+                rs: m as isize,
+                cs: 1,
+            };
+            let wv = View {
+                data: w,
+                rs: n as isize,
+                cs: 1,
+            };
             gemm_into(&mut dx, (rows, n, m), false, gv, wv);
             T::to_cpu_storage_owned(dx)
         });
@@ -322,8 +356,16 @@ impl CustomOp2 for BwdWeight {
             );
             let mut dw = vec![T::from_f64(0.0); m * n];
             // dyᵀ as an m×N view of dy (N×m): element (j, r) = dy[r·m + j].
-            let gt = View { data: g, rs: 1, cs: m as isize };
-            let xv = View { data: x, rs: n as isize, cs: 1 };
+            let gt = View {
+                data: g,
+                rs: 1,
+                cs: m as isize,
+            };
+            let xv = View {
+                data: x,
+                rs: n as isize,
+                cs: 1,
+            };
             gemm_into(&mut dw, (m, n, rows), false, gt, xv);
             T::to_cpu_storage_owned(dw)
         });
@@ -376,12 +418,7 @@ mod tests {
     }
 
     /// The composite reference `x Wᵀ + b` from candle ops, its gradients for `L = Σ c ⊙ y`.
-    fn composite(
-        x: &Var,
-        w: &Var,
-        b: Option<&Var>,
-        c: &Tensor,
-    ) -> (Tensor, Vec<Option<Tensor>>) {
+    fn composite(x: &Var, w: &Var, b: Option<&Var>, c: &Tensor) -> (Tensor, Vec<Option<Tensor>>) {
         let mut y = x.as_tensor().matmul(&w.as_tensor().t().unwrap()).unwrap();
         if let Some(b) = b {
             y = y.broadcast_add(b.as_tensor()).unwrap();
@@ -413,14 +450,26 @@ mod tests {
     fn matches_composite_in_value_and_gradient_f64() {
         // Same sums in another order: agreement to a few ulps of the operands' magnitude (n ≤ 65).
         let dev = Device::Cpu;
-        for (rows, n, m, bias) in [(7, 5, 3, true), (33, 64, 17, true), (4, 9, 6, false), (1, 1, 1, true)] {
+        for (rows, n, m, bias) in [
+            (7, 5, 3, true),
+            (33, 64, 17, true),
+            (4, 9, 6, false),
+            (1, 1, 1, true),
+        ] {
             let t = |v: Vec<f64>, s: (usize, usize)| Tensor::from_vec(v, s, &dev).unwrap();
             let x = Var::from_tensor(&t(fill(rows * n, 1), (rows, n))).unwrap();
             let w = Var::from_tensor(&t(fill(m * n, 2), (m, n))).unwrap();
-            let b = bias.then(|| Var::from_tensor(&Tensor::from_vec(fill(m, 3), m, &dev).unwrap()).unwrap());
+            let b = bias.then(|| {
+                Var::from_tensor(&Tensor::from_vec(fill(m, 3), m, &dev).unwrap()).unwrap()
+            });
             let c = t(fill(rows * m, 4), (rows, m));
             let (y_ref, g_ref) = composite(&x, &w, b.as_ref(), &c);
-            let y = fused_linear(x.as_tensor(), w.as_tensor(), b.as_ref().map(|b| b.as_tensor())).unwrap();
+            let y = fused_linear(
+                x.as_tensor(),
+                w.as_tensor(),
+                b.as_ref().map(|b| b.as_tensor()),
+            )
+            .unwrap();
             let grads = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
             let tol = 1e-13;
             assert!(max_abs_diff(&y, &y_ref) < tol, "value {rows}×{n}→{m}");

@@ -1,4 +1,4 @@
-//! Fused vs composite LayerNorm (normalisation part) and softmax, forward and forward+backward, at
+//! Fused vs composite attention (q = k = v = x), LayerNorm (normalisation part) and softmax, forward and forward+backward, at
 //! the model shapes: ViT activations (64, 17, 64) and scores (64, 4, 17, 17); GPT activations
 //! (16, 256, 256) and scores (16, 8, 256, 256). f32, CPU.
 //!
@@ -10,8 +10,8 @@
 use std::time::Instant;
 
 use bmt_trainer::ops::{
-    layer_norm_normalize, layer_norm_normalize_composite, softmax_last_dim,
-    softmax_last_dim_composite,
+    attention, attention_composite, layer_norm_normalize, layer_norm_normalize_composite,
+    softmax_last_dim, softmax_last_dim_composite,
 };
 use candle_core::{DType, Device, Tensor, Var};
 
@@ -24,6 +24,21 @@ fn ln_fused(x: &Tensor) -> candle_core::Result<Tensor> {
 }
 fn ln_comp(x: &Tensor) -> candle_core::Result<Tensor> {
     layer_norm_normalize_composite(x, EPS)
+}
+
+/// W1's attention (4 heads of 16, bidirectional) with `q = k = v = x`.
+fn att_vit(x: &Tensor) -> candle_core::Result<Tensor> {
+    attention(x, x, x, 4, false)
+}
+fn att_vit_comp(x: &Tensor) -> candle_core::Result<Tensor> {
+    Ok(attention_composite(x, x, x, 4, false)?.0)
+}
+/// W2's attention (8 heads of 32, causal) with `q = k = v = x`.
+fn att_gpt(x: &Tensor) -> candle_core::Result<Tensor> {
+    attention(x, x, x, 8, true)
+}
+fn att_gpt_comp(x: &Tensor) -> candle_core::Result<Tensor> {
+    Ok(attention_composite(x, x, x, 8, true)?.0)
 }
 
 /// Median wall time in milliseconds of `reps` runs of `f` (after one warm-up run).
@@ -65,7 +80,9 @@ fn main() -> candle_core::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(21)
         .max(1);
-    let cases: [(&str, &[usize], Op, Op); 4] = [
+    let cases: [(&str, &[usize], Op, Op); 6] = [
+        ("attention", &[64, 17, 64], att_vit, att_vit_comp),
+        ("causal attention", &[16, 256, 256], att_gpt, att_gpt_comp),
         ("LayerNorm", &[64, 17, 64], ln_fused, ln_comp),
         (
             "softmax",

@@ -57,6 +57,19 @@ pub enum OpsError {
         /// Dtype of the second operand.
         rhs: DType,
     },
+    /// The inputs of [`crate::ops::attention`] are not three equal `(batch, tokens, heads·head_dim)`
+    /// shapes with `heads ≥ 1` dividing the last dimension.
+    #[error("attention: q, k, v have shapes {q:?}, {k:?}, {v:?} with {heads} heads; they must be one shape (batch, tokens, heads·head_dim) with heads ≥ 1 dividing the last dimension")]
+    AttentionShape {
+        /// Shape of the queries.
+        q: Shape,
+        /// Shape of the keys.
+        k: Shape,
+        /// Shape of the values.
+        v: Shape,
+        /// The number of heads asked for.
+        heads: usize,
+    },
 }
 
 impl From<OpsError> for candle_core::Error {

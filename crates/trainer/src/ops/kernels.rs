@@ -53,6 +53,9 @@ pub(crate) trait Real: WithDType {
     /// `e^self` for the kernels: [`exp_f32`] with multiply-adds `M` for `f32`, libm's `exp` for
     /// `f64` (the reference precision path; `M` is ignored).
     fn exp_k<M: MulAdd>(self) -> Self;
+
+    /// `a·b + c` for the kernels: `M`'s multiply-add for `f32`, a multiply and an add for `f64`.
+    fn mul_add_k<M: MulAdd>(a: Self, b: Self, c: Self) -> Self;
 }
 
 impl Real for f32 {
@@ -60,12 +63,22 @@ impl Real for f32 {
     fn exp_k<M: MulAdd>(self) -> Self {
         exp_f32::<M>(self)
     }
+
+    #[inline(always)]
+    fn mul_add_k<M: MulAdd>(a: Self, b: Self, c: Self) -> Self {
+        M::mul_add(a, b, c)
+    }
 }
 
 impl Real for f64 {
     #[inline(always)]
     fn exp_k<M: MulAdd>(self) -> Self {
         self.exp()
+    }
+
+    #[inline(always)]
+    fn mul_add_k<M: MulAdd>(a: Self, b: Self, c: Self) -> Self {
+        a * b + c
     }
 }
 
@@ -78,7 +91,7 @@ const EXP_LO: f32 = -104.0;
 /// `1/ln 2`.
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 /// `ln 2` rounded to 9 significant bits (`355/512`), so that `k·LN2_HI` is exact for `|k| < 2¹⁵`.
-const LN2_HI: f32 = 0.693_359_375;
+const LN2_HI: f32 = 355.0 / 512.0;
 /// `ln 2 − LN2_HI` rounded to `f32`.
 const LN2_LO: f32 = -2.121_944_4e-4;
 /// `1.5·2²³`: adding it rounds a value of magnitude `< 2²²` to an integer, which then sits in the
@@ -146,7 +159,7 @@ pub(crate) fn contiguous_slice<'a, T: WithDType>(
 /// `Σ f(a_i)` in `f64` with four independent accumulators (breaks the add-latency chain and maps
 /// onto one 4-lane `f64` vector; the rounding-error bound of an `n`-term sum is unchanged in form).
 #[inline(always)]
-fn sum_by<T: Copy>(a: &[T], f: impl Fn(T) -> f64) -> f64 {
+pub(crate) fn sum_by<T: Copy>(a: &[T], f: impl Fn(T) -> f64) -> f64 {
     let mut acc = [0.0f64; 4];
     let chunks = a.chunks_exact(4);
     let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
@@ -187,7 +200,7 @@ fn sum2_pair_by<T: Copy>(
 
 /// `Σ f(a_i, b_i)` in `f64`, as [`sum_by`].
 #[inline(always)]
-fn sum2_by<T: Copy>(a: &[T], b: &[T], f: impl Fn(T, T) -> f64) -> f64 {
+pub(crate) fn sum2_by<T: Copy>(a: &[T], b: &[T], f: impl Fn(T, T) -> f64) -> f64 {
     sum2_pair_by(a, b, f, |_, _| 0.0).0
 }
 
@@ -207,7 +220,7 @@ fn row_stats<T: Real>(x: &[T], eps: f64) -> (f64, f64) {
 /// so that it vectorises. A `NaN` element may be skipped here; it still turns the softmax row into
 /// `NaN` through `exp(NaN − max)`.
 #[inline(always)]
-fn row_max<T: Real>(x: &[T]) -> T {
+pub(crate) fn row_max<T: Real>(x: &[T]) -> T {
     let mut m = [x[0]; 8];
     let chunks = x.chunks_exact(8);
     let mut tail = x[0];
@@ -321,7 +334,7 @@ pub(crate) trait RowKernel2 {
 /// Whether the CPU has AVX2 and FMA (`std` caches the detection; this is a load and a test).
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn has_avx2_fma() -> bool {
+pub(crate) fn has_avx2_fma() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
@@ -458,7 +471,11 @@ mod tests {
     fn ulp_error(got: f32, x: f32) -> f64 {
         let exact = (x as f64).exp();
         if (exact as f32).is_infinite() {
-            return if got == f32::INFINITY { 0.0 } else { f64::INFINITY };
+            return if got == f32::INFINITY {
+                0.0
+            } else {
+                f64::INFINITY
+            };
         }
         let binade = ((exact.to_bits() >> 52) & 0x7ff) as i32 - 1023;
         let ulp = 2f64.powi(binade.max(-126) - 23);

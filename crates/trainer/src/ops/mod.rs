@@ -49,6 +49,7 @@
 //! * Rows are processed sequentially on the calling thread (no second thread pool next to candle's).
 //! * A softmax row that is entirely `−∞` yields `NaN`, exactly like the composite (`0/0`).
 
+mod attention;
 mod error;
 mod gelu;
 mod kernels;
@@ -56,6 +57,7 @@ mod layer_norm;
 mod rows;
 mod softmax;
 
+pub use attention::{attention, attention_composite};
 pub use error::OpsError;
 pub use gelu::{gelu, gelu_composite};
 pub use layer_norm::{layer_norm_normalize, layer_norm_normalize_composite};
@@ -77,4 +79,3 @@ fn check_rank(x: &Tensor, op: &'static str) -> candle_core::Result<()> {
     }
     Ok(())
 }
-
