@@ -68,12 +68,32 @@ fn parallelism() -> Parallelism {
     }
 }
 
-/// A row-major matrix view: base slice and (row, column) strides in elements.
+/// A matrix view: base slice and (row, column) strides in elements.
 #[derive(Clone, Copy)]
 struct View<'a, T> {
     data: &'a [T],
     rs: isize,
     cs: isize,
+}
+
+impl<'a, T> View<'a, T> {
+    /// `data` as a row-major matrix with `cols` columns.
+    fn rows(data: &'a [T], cols: usize) -> Self {
+        Self {
+            data,
+            rs: cols as isize,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of [`View::rows`]`(data, cols)`: element `(j, r)` is `data[r·cols + j]`.
+    fn transposed(data: &'a [T], cols: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: cols as isize,
+        }
+    }
 }
 
 /// `dst (r×c, row-major) = [dst +] lhs (r×k) · rhs (k×c)`, strides taken from the views.
@@ -171,16 +191,8 @@ fn forward<T: WithDType>(
         None => vec![T::from_f64(0.0); rows * m],
     };
     // Wᵀ as an n×m view of W (m×n, row-major): element (k, j) = W[j·n + k].
-    let wt = View {
-        data: w,
-        rs: 1,
-        cs: n as isize,
-    };
-    let xv = View {
-        data: x,
-        rs: n as isize,
-        cs: 1,
-    };
+    let wt = View::transposed(w, n);
+    let xv = View::rows(x, n);
     gemm_into(&mut y, (rows, m, n), b.is_some(), xv, wt);
     y
 }
@@ -315,16 +327,8 @@ impl CustomOp2 for BwdInput {
                 slice::<T>(sw, lw, BWD_INPUT_NAME)?,
             );
             let mut dx = vec![T::from_f64(0.0); rows * n];
-            let gv = View {
-                data: g,
-                rs: m as isize,
-                cs: 1,
-            };
-            let wv = View {
-                data: w,
-                rs: n as isize,
-                cs: 1,
-            };
+            let gv = View::rows(g, m);
+            let wv = View::rows(w, n);
             gemm_into(&mut dx, (rows, n, m), false, gv, wv);
             T::to_cpu_storage_owned(dx)
         });
@@ -356,16 +360,8 @@ impl CustomOp2 for BwdWeight {
             );
             let mut dw = vec![T::from_f64(0.0); m * n];
             // dyᵀ as an m×N view of dy (N×m): element (j, r) = dy[r·m + j].
-            let gt = View {
-                data: g,
-                rs: 1,
-                cs: m as isize,
-            };
-            let xv = View {
-                data: x,
-                rs: n as isize,
-                cs: 1,
-            };
+            let gt = View::transposed(g, m);
+            let xv = View::rows(x, n);
             gemm_into(&mut dw, (m, n, rows), false, gt, xv);
             T::to_cpu_storage_owned(dw)
         });
