@@ -489,3 +489,39 @@ fn cli_trains_w2_on_the_readme_and_samples() {
         );
     }
 }
+
+/// A run records a fingerprint of its data; resuming it after the file changed (one byte) is an
+/// error that says so, not a silent continuation on other data. The recorded path is absolute.
+#[test]
+fn resume_refuses_changed_data() {
+    let dir = tmp("changed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("text.txt");
+    let text = TEXT.repeat(6);
+    std::fs::write(&file, &text).unwrap();
+    let mut config = TrainConfig::w2(file.to_str().unwrap());
+    config.model = tiny(32).into();
+    config.epochs = 2;
+    config.batch_size = 8;
+    config.diagnostics = false;
+    let quiet = RunOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let out = tmp("changed-run");
+    let mut first = config.clone();
+    first.epochs = 1;
+    run(first, &out, &quiet).unwrap();
+    let saved = bmt_trainer::run::read_config(&out).unwrap();
+    assert!(saved.data_fingerprint.is_some());
+    assert!(saved.data.starts_with("text:/"), "{}", saved.data);
+    let mut changed = text.into_bytes();
+    changed[100] ^= 1;
+    std::fs::write(&file, changed).unwrap();
+    let resume = RunOptions {
+        resume: true,
+        ..quiet
+    };
+    let err = run(config, &out, &resume).unwrap_err().to_string();
+    assert!(err.contains("changed since the run started"), "{err}");
+}

@@ -91,6 +91,11 @@ pub struct TrainConfig {
     /// What a non-finite loss, gradient or update does (`--on-nonfinite`).
     #[serde(default)]
     pub on_nonfinite: NonFinitePolicy,
+    /// Fingerprint of the loaded data (`run::RunData::fingerprint`), set by [`crate::run::run`]
+    /// when a run starts and checked when it is resumed (`None` in a config that has not started
+    /// a run, and in runs made before the field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_fingerprint: Option<String>,
 }
 
 impl TrainConfig {
@@ -115,6 +120,7 @@ impl TrainConfig {
             init_in_out: false,
             kfac: None,
             on_nonfinite: NonFinitePolicy::Stop,
+            data_fingerprint: None,
         }
     }
 
@@ -159,6 +165,27 @@ impl TrainConfig {
         }
         if self.threads == 0 {
             return bad("--threads", "the thread count must be at least 1".into());
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if self.threads > cores {
+            return bad(
+                "--threads",
+                format!(
+                    "{} threads on {cores} available cores: Candle's spinning thread pool slows \
+                     down by orders of magnitude when oversubscribed; pass at most {cores}",
+                    self.threads
+                ),
+            );
+        }
+        if self.diagnostics && self.model.tokens() < 2 {
+            return bad(
+                "--context",
+                format!(
+                    "sequences of {} token: the diagnostics (token spread, clusters, attention \
+                     kernels) need at least 2 tokens; use --context 2 or more, or --no-diagnostics",
+                    self.model.tokens()
+                ),
+            );
         }
         match (&self.kfac, self.optimizer) {
             (Some(k), OptimizerKind::Kfac | OptimizerKind::Cgfac) => {
@@ -241,6 +268,31 @@ mod tests {
         let mut c = TrainConfig::w1();
         c.lr = f64::NAN;
         assert!(c.validate().unwrap_err().to_string().contains("--lr"));
+    }
+
+    #[test]
+    fn rejects_oversubscribed_threads_and_one_token_sequences_with_diagnostics() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut c = TrainConfig::w1();
+        c.threads = cores;
+        assert!(c.validate().is_ok());
+        c.threads = cores + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--threads") && err.contains(&format!("at most {cores}")),
+            "{err}"
+        );
+        let mut g = TrainConfig::w2("corpus.txt");
+        if let crate::model::ModelConfig::Gpt(m) = &mut g.model {
+            m.context = 1;
+        }
+        let err = g.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--context") && err.contains("--no-diagnostics"),
+            "{err}"
+        );
+        g.diagnostics = false;
+        assert!(g.validate().is_ok());
     }
 
     #[test]

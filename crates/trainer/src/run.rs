@@ -471,6 +471,16 @@ impl RunData {
         }
     }
 
+    /// `"TTTTTTTT-EEEEEEEE"`: the hex CRC-32 fingerprints of the training and the held-out set.
+    /// Recorded in a run's `config.json` so that `--resume` can tell when the data changed.
+    pub fn fingerprint(&self) -> String {
+        let (a, b) = match self {
+            Self::Images(s) => (s.train.fingerprint(), s.test.fingerprint()),
+            Self::Text(s) => (s.train.fingerprint(), s.test.fingerprint()),
+        };
+        format!("{a:08x}-{b:08x}")
+    }
+
     /// Whether this is text (losses are then also reported in bits per byte).
     pub fn is_text(&self) -> bool {
         matches!(self, Self::Text(_))
@@ -577,6 +587,21 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     fs::rename(&tmp, path).map_err(io_err(path))
 }
 
+/// `spec` with a relative data path made absolute (against the current directory), so that a
+/// run's `config.json` names its data wherever `--resume` is started from.
+fn absolute_data_path(spec: &str) -> Result<String> {
+    use crate::data::DataSource;
+    let source: DataSource = spec.parse()?;
+    let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+    Ok(match &source {
+        DataSource::Digits => source,
+        DataSource::Mnist(p) => DataSource::Mnist(abs(p)),
+        DataSource::Cifar10(p) => DataSource::Cifar10(abs(p)),
+        DataSource::Text(p) => DataSource::Text(abs(p)),
+    }
+    .to_string())
+}
+
 /// Reads `config.json` of a run directory.
 pub fn read_config(dir: &Path) -> Result<TrainConfig> {
     let path = dir.join("config.json");
@@ -622,14 +647,30 @@ fn truncate_metrics(path: &Path, epoch: usize) -> Result<()> {
 /// already in `out` (whose `config.json` must match `config` except for epochs and threads).
 pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<Summary> {
     config.validate()?;
+    if !options.resume {
+        config.data = absolute_data_path(&config.data)?;
+    }
     let device = crate::device::open_device(&config.device)?;
     let data = load_data(&config)?;
     let patch = config.model.as_vit().map(|v| v.patch);
     fit_model_to_data(&mut config, &data, patch);
     config.validate()?;
-
+    let fingerprint = data.fingerprint();
     let ckpt = if options.resume {
         let saved = read_config(out)?;
+        if let Some(before) = &saved.data_fingerprint {
+            if *before != fingerprint {
+                return Err(TrainError::Resume {
+                    dir: out.to_path_buf(),
+                    msg: format!(
+                        "the data {} changed since the run started (fingerprint {before}, now {fingerprint}): a resumed run must see the same data; restore it, or start a new run",
+                        config.data
+                    ),
+                });
+            }
+        }
+        // Runs made before fingerprints existed have none and keep none.
+        config.data_fingerprint = saved.data_fingerprint.clone();
         config
             .resumable_from(&saved)
             .map_err(|msg| TrainError::Resume {
@@ -656,6 +697,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         }
         latest
     } else {
+        config.data_fingerprint = Some(fingerprint);
         None
     };
     let n_train = data.train().len();
@@ -787,7 +829,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         let mut loss_sum = 0.0;
         let mut correct = 0usize;
         let mut stepped = 0usize;
-        for idx in &batches {
+        for (batch_no, idx) in batches.iter().enumerate() {
             let batch = data.train().batch(idx, &device)?;
             let t0 = Instant::now();
             let outcome = trainer.train_step(&batch).map_err(|e| match e {
@@ -802,13 +844,17 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             if let Some(what) = &outcome.skipped {
                 metrics.write(&json!({
                     "kind": "skipped", "epoch": epoch + 1, "step": trainer.step + 1,
-                    "what": what, "skipped_steps": trainer.skipped_steps,
+                    "batch": batch_no + 1, "what": what, "skipped_steps": trainer.skipped_steps,
                 }))?;
+                // The step counter does not advance on a skip, so the batch number is what
+                // tells consecutive skips apart.
                 progress.line(
                     &format!(
-                        "skipped step {} of epoch {}: {what} ({} skipped so far)",
-                        trainer.step + 1,
+                        "skipped batch {}/{} of epoch {} (step {} not taken): {what} ({} skipped so far)",
+                        batch_no + 1,
+                        batches.len(),
                         epoch + 1,
+                        trainer.step + 1,
                         trainer.skipped_steps
                     ),
                     options.quiet,

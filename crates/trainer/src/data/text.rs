@@ -46,6 +46,19 @@ pub struct TextSet {
 }
 
 impl TextSet {
+    /// CRC-32 of the set's contents: its bytes, the source ranges of its blocks and the context
+    /// length (as [`super::ImageSet::fingerprint`]).
+    pub fn fingerprint(&self) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&(self.context as u64).to_le_bytes());
+        for r in &self.source_ranges {
+            h.update(&(r.start as u64).to_le_bytes());
+            h.update(&(r.end as u64).to_le_bytes());
+        }
+        h.update(&self.bytes);
+        h.finalize()
+    }
+
     /// One block holding all of `bytes`: `bytes.len() − context` windows (zero if shorter).
     /// `context` must be ≥ 1.
     pub fn from_bytes(bytes: Vec<u8>, context: usize) -> Result<Self, DataError> {

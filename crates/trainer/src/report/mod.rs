@@ -169,7 +169,11 @@ enum RunAction {
 }
 
 fn ensure_run(config: &TrainConfig, dir: &Path, quiet: bool) -> Result<RunAction> {
-    let saved = read_config(dir).ok();
+    // The saved config carries the data fingerprint its run recorded; the wanted one does not.
+    let saved = read_config(dir).ok().map(|mut s| {
+        s.data_fingerprint = config.data_fingerprint.clone();
+        s
+    });
     let same = saved.as_ref() == Some(config);
     if same && dir.join("summary.json").is_file() {
         return Ok(RunAction::Reused);
