@@ -15,6 +15,7 @@ pub mod diag;
 pub mod error;
 pub mod fixture;
 pub mod kfac;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod report;

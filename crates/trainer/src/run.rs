@@ -713,6 +713,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             ),
         });
     }
+    crate::memory::check_fits(&config, crate::memory::available_bytes())?;
     if data.test().eval_indices().is_empty() {
         return Err(TrainError::Config {
             flag: "--data",
