@@ -629,6 +629,18 @@ fn bad_command_lines_are_one_line_errors_with_exit_code_1() {
     assert!(e.contains("--lr") && e.contains("-1"), "{e}");
     let e = cli_error(&["--device", "cuda"], "cuda");
     assert!(e.contains("--features cuda"), "{e}");
+    // --out naming a file: a one-line error, and the file is left as it was.
+    let file = tmp("out-is-a-file");
+    std::fs::write(&file, b"not a run").unwrap();
+    let o = Command::new(bmt())
+        .args(["train", "--out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("--out") && e.contains("is a file"), "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a run");
 
     let empty = tmp("empty-resume");
     std::fs::create_dir_all(&empty).unwrap();

@@ -587,6 +587,15 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     fs::rename(&tmp, path).map_err(io_err(path))
 }
 
+/// `"1 epoch"`, `"30 epochs"`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// `spec` with a relative data path made absolute (against the current directory), so that a
 /// run's `config.json` names its data wherever `--resume` is started from.
 fn absolute_data_path(spec: &str) -> Result<String> {
@@ -647,6 +656,15 @@ fn truncate_metrics(path: &Path, epoch: usize) -> Result<()> {
 /// already in `out` (whose `config.json` must match `config` except for epochs and threads).
 pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<Summary> {
     config.validate()?;
+    if out.exists() && !out.is_dir() {
+        return Err(TrainError::Config {
+            flag: if options.resume { "--resume" } else { "--out" },
+            msg: format!(
+                "{} is a file, not a run directory: pass a directory (--out creates it if missing)",
+                out.display()
+            ),
+        });
+    }
     if !options.resume {
         config.data = absolute_data_path(&config.data)?;
     }
@@ -802,7 +820,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
     );
     progress.line(
         &format!(
-            "{}: {} {} parameters, {} on {}, {} train / {} test samples, {} epochs of {} steps",
+            "{}: {} {} parameters, {} on {}, {} train / {} test samples, {} of {}",
             data.description(),
             config.model.kind(),
             config.model.parameter_count(),
@@ -810,8 +828,8 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             config.device,
             n_train,
             data.test().len(),
-            config.epochs,
-            steps_per_epoch
+            count(config.epochs, "epoch"),
+            count(steps_per_epoch, "step")
         ),
         options.quiet,
     );
