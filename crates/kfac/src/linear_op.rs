@@ -253,8 +253,8 @@ impl CustomOp3 for LinearFwd {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &BwdInput)?;
-        let dw = dy.apply_op2_no_bwd(x, &BwdWeight)?;
+        let dx = dy.apply_op2_no_bwd(w, &BwdProduct::Input)?;
+        let dw = dy.apply_op2_no_bwd(x, &BwdProduct::Weight)?;
         let db = dy.apply_op1_no_bwd(&BwdBias)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
@@ -298,74 +298,56 @@ impl CustomOp2 for LinearFwdNoBias {
         dy: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &BwdInput)?;
-        let dw = dy.apply_op2_no_bwd(x, &BwdWeight)?;
+        let dx = dy.apply_op2_no_bwd(w, &BwdProduct::Input)?;
+        let dw = dy.apply_op2_no_bwd(x, &BwdProduct::Weight)?;
         Ok((Some(dx), Some(dw)))
     }
 }
 
-/// `dx (N×n) = dy (N×m) · W (m×n)`, over `(dy, W)`.
-struct BwdInput;
-
-impl CustomOp2 for BwdInput {
-    fn name(&self) -> &'static str {
-        BWD_INPUT_NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        sg: &CpuStorage,
-        lg: &Layout,
-        sw: &CpuStorage,
-        lw: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (rows, m) = lg.shape().dims2()?;
-        let (_, n) = lw.shape().dims2()?;
-        let dx = dispatch!(BWD_INPUT_NAME, sg, |T| {
-            let (g, w) = (
-                slice::<T>(sg, lg, BWD_INPUT_NAME)?,
-                slice::<T>(sw, lw, BWD_INPUT_NAME)?,
-            );
-            let mut dx = vec![T::from_f64(0.0); rows * n];
-            let gv = View::rows(g, m);
-            let wv = View::rows(w, n);
-            gemm_into(&mut dx, (rows, n, m), false, gv, wv);
-            T::to_cpu_storage_owned(dx)
-        });
-        Ok((dx, Shape::from((rows, n))))
-    }
+/// The two GEMMs of the backward pass, over `(dy, other)` with `dy: (N×m)`.
+#[derive(Clone, Copy)]
+enum BwdProduct {
+    /// `dx (N×n) = dy (N×m) · W (m×n)`, `other` = `W`.
+    Input,
+    /// `dW (m×n) = dyᵀ (m×N) · x (N×n)`, `other` = `x`.
+    Weight,
 }
 
-/// `dW (m×n) = dyᵀ (m×N) · x (N×n)`, over `(dy, x)`.
-struct BwdWeight;
-
-impl CustomOp2 for BwdWeight {
+impl CustomOp2 for BwdProduct {
     fn name(&self) -> &'static str {
-        BWD_WEIGHT_NAME
+        match self {
+            Self::Input => BWD_INPUT_NAME,
+            Self::Weight => BWD_WEIGHT_NAME,
+        }
     }
 
     fn cpu_fwd(
         &self,
         sg: &CpuStorage,
         lg: &Layout,
-        sx: &CpuStorage,
-        lx: &Layout,
+        so: &CpuStorage,
+        lo: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = self.name();
         let (rows, m) = lg.shape().dims2()?;
-        let (_, n) = lx.shape().dims2()?;
-        let dw = dispatch!(BWD_WEIGHT_NAME, sg, |T| {
-            let (g, x) = (
-                slice::<T>(sg, lg, BWD_WEIGHT_NAME)?,
-                slice::<T>(sx, lx, BWD_WEIGHT_NAME)?,
-            );
-            let mut dw = vec![T::from_f64(0.0); m * n];
-            // dyᵀ as an m×N view of dy (N×m): element (j, r) = dy[r·m + j].
-            let gt = View::transposed(g, m);
-            let xv = View::rows(x, n);
-            gemm_into(&mut dw, (m, n, rows), false, gt, xv);
-            T::to_cpu_storage_owned(dw)
+        let (_, n) = lo.shape().dims2()?;
+        // Output (r×c) = lhs (r×k) · other (k×n, row-major).
+        let (r, k) = match self {
+            Self::Input => (rows, m),
+            Self::Weight => (m, rows),
+        };
+        let out = dispatch!(op, sg, |T| {
+            let (g, o) = (slice::<T>(sg, lg, op)?, slice::<T>(so, lo, op)?);
+            let mut out = vec![T::from_f64(0.0); r * n];
+            let lhs = match self {
+                Self::Input => View::rows(g, m),
+                // dyᵀ as an m×N view of dy (N×m): element (j, r) = dy[r·m + j].
+                Self::Weight => View::transposed(g, m),
+            };
+            gemm_into(&mut out, (r, n, k), false, lhs, View::rows(o, n));
+            T::to_cpu_storage_owned(out)
         });
-        Ok((dw, Shape::from((m, n))))
+        Ok((out, Shape::from((r, n))))
     }
 }
 
