@@ -61,17 +61,15 @@ pub fn check_fits(config: &TrainConfig, available: Option<f64>) -> Result<()> {
     if need <= REFUSE_ABOVE * avail {
         return Ok(());
     }
-    let mut one = config.clone();
-    one.batch_size = 1;
-    let per_sample = step_bytes(&one)
-        - step_bytes(&TrainConfig {
-            batch_size: 0,
-            ..one
-        });
-    let fixed = step_bytes(&TrainConfig {
-        batch_size: 0,
-        ..config.clone()
-    });
+    // step_bytes is affine in the batch size: fixed + batch · per_sample.
+    let with_batch = |batch_size| {
+        step_bytes(&TrainConfig {
+            batch_size,
+            ..config.clone()
+        })
+    };
+    let fixed = with_batch(0);
+    let per_sample = with_batch(1) - fixed;
     let largest = ((REFUSE_ABOVE * avail - fixed) / per_sample)
         .floor()
         .max(0.0) as usize;

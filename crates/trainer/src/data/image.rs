@@ -32,15 +32,10 @@ impl ImageSet {
     /// probability 1 − 2⁻³²).
     pub fn fingerprint(&self) -> u32 {
         let mut h = crc32fast::Hasher::new();
-        for d in [self.channels, self.height, self.width, self.num_classes] {
-            h.update(&(d as u64).to_le_bytes());
-        }
-        for v in &self.images {
-            h.update(&v.to_le_bytes());
-        }
-        for l in &self.labels {
-            h.update(&l.to_le_bytes());
-        }
+        let dims = [self.channels, self.height, self.width, self.num_classes];
+        super::hash_le(&mut h, &dims, |d| (d as u64).to_le_bytes());
+        super::hash_le(&mut h, &self.images, f32::to_le_bytes);
+        super::hash_le(&mut h, &self.labels, u32::to_le_bytes);
         h.finalize()
     }
 

@@ -155,6 +155,23 @@ pub struct Split<D> {
     pub description: String,
 }
 
+/// Feeds `values` to `h` as their little-endian bytes, 1024 values per `update` call (one call
+/// per value costs more than the CRC itself on a data set of 10⁸ pixels).
+pub(crate) fn hash_le<T: Copy, const W: usize>(
+    h: &mut crc32fast::Hasher,
+    values: &[T],
+    le_bytes: impl Fn(T) -> [u8; W],
+) {
+    let mut buf = Vec::with_capacity(1024 * W);
+    for chunk in values.chunks(1024) {
+        buf.clear();
+        for &v in chunk {
+            buf.extend_from_slice(&le_bytes(v));
+        }
+        h.update(&buf);
+    }
+}
+
 /// Reads a whole file, mapping "not found" to [`DataError::NotFound`] with `expected` and any other
 /// failure to [`DataError::Io`]. The allocation is the file's real length.
 pub(crate) fn read_file(path: &Path, expected: &str) -> Result<Vec<u8>, DataError> {
@@ -188,6 +205,30 @@ pub(crate) fn require_dir(dir: &Path, expected: &str) -> Result<(), DataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Chunked hashing equals hashing the values' bytes one by one (lengths around the chunk
+    /// size), and an image set's fingerprint moves with one pixel or one label.
+    #[test]
+    fn fingerprints_hash_every_value_and_see_one_change() {
+        for n in [0usize, 1, 1023, 1024, 1025, 3000] {
+            let v: Vec<f32> = (0..n).map(|i| i as f32 * 0.25).collect();
+            let mut chunked = crc32fast::Hasher::new();
+            hash_le(&mut chunked, &v, f32::to_le_bytes);
+            let mut single = crc32fast::Hasher::new();
+            for x in &v {
+                single.update(&x.to_le_bytes());
+            }
+            assert_eq!(chunked.finalize(), single.finalize(), "n = {n}");
+        }
+        let set = |px: f32, label: u32| {
+            ImageSet::new(vec![0.5, px, 0.0, 1.0], vec![label], 1, 2, 2, 3)
+                .unwrap()
+                .fingerprint()
+        };
+        assert_eq!(set(0.25, 1), set(0.25, 1));
+        assert_ne!(set(0.25, 1), set(0.5, 1));
+        assert_ne!(set(0.25, 1), set(0.25, 2));
+    }
 
     #[test]
     fn source_parses_and_round_trips() {

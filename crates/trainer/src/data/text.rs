@@ -51,10 +51,12 @@ impl TextSet {
     pub fn fingerprint(&self) -> u32 {
         let mut h = crc32fast::Hasher::new();
         h.update(&(self.context as u64).to_le_bytes());
-        for r in &self.source_ranges {
-            h.update(&(r.start as u64).to_le_bytes());
-            h.update(&(r.end as u64).to_le_bytes());
-        }
+        let ends: Vec<usize> = self
+            .source_ranges
+            .iter()
+            .flat_map(|r| [r.start, r.end])
+            .collect();
+        super::hash_le(&mut h, &ends, |e| (e as u64).to_le_bytes());
         h.update(&self.bytes);
         h.finalize()
     }
