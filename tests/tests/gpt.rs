@@ -491,7 +491,7 @@ fn cli_trains_w2_on_the_readme_and_samples() {
 }
 
 /// A run records a fingerprint of its data; resuming it after the file changed (one byte) is an
-/// error that says so, not a silent continuation on other data. The recorded path is absolute.
+/// error that says so, not a silent continuation on other data.
 #[test]
 fn resume_refuses_changed_data() {
     let dir = tmp("changed");
@@ -514,7 +514,6 @@ fn resume_refuses_changed_data() {
     run(first, &out, &quiet).unwrap();
     let saved = bmt_trainer::run::read_config(&out).unwrap();
     assert!(saved.data_fingerprint.is_some());
-    assert!(saved.data.starts_with("text:/"), "{}", saved.data);
     let mut changed = text.into_bytes();
     changed[100] ^= 1;
     std::fs::write(&file, changed).unwrap();

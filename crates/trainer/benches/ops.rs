@@ -1,6 +1,6 @@
-//! Fused vs composite attention (q = k = v = x), LayerNorm (normalisation part) and softmax, forward and forward+backward, at
-//! the model shapes: ViT activations (64, 17, 64) and scores (64, 4, 17, 17); GPT activations
-//! (16, 256, 256) and scores (16, 8, 256, 256). f32, CPU.
+//! Fused vs composite attention (q = k = v = x), LayerNorm (normalisation part) and softmax,
+//! forward and forward+backward, at the model shapes: ViT activations (64, 17, 64) and scores
+//! (64, 4, 17, 17); GPT activations (16, 256, 256) and scores (16, 8, 256, 256). f32, CPU.
 //!
 //! Run: `cargo bench -p bmt-trainer --bench ops` (repeats: `OPS_BENCH_REPS`, default 21; the
 //! thread count is candle's, from `CANDLE_NUM_THREADS`/`RAYON_NUM_THREADS`). Prints a Markdown table

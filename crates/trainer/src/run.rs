@@ -1132,3 +1132,35 @@ impl MetricsFile {
             .map_err(io_err(&self.path))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Relative data paths are resolved against the current directory (so a resume from
+    /// elsewhere finds them); absolute paths and `digits` pass through unchanged.
+    #[test]
+    fn data_paths_are_made_absolute() {
+        let cwd = std::env::current_dir().unwrap();
+        let got = absolute_data_path("text:corpus/notes.txt").unwrap();
+        assert_eq!(
+            got,
+            format!("text:{}", cwd.join("corpus/notes.txt").display())
+        );
+        let got = absolute_data_path("mnist:data").unwrap();
+        assert_eq!(got, format!("mnist:{}", cwd.join("data").display()));
+        assert_eq!(
+            absolute_data_path("cifar10:/srv/c").unwrap(),
+            "cifar10:/srv/c"
+        );
+        assert_eq!(absolute_data_path("digits").unwrap(), "digits");
+        assert!(absolute_data_path("nonsense").is_err());
+    }
+
+    #[test]
+    fn counts_are_singular_for_one() {
+        assert_eq!(count(1, "epoch"), "1 epoch");
+        assert_eq!(count(30, "epoch"), "30 epochs");
+        assert_eq!(count(0, "step"), "0 steps");
+    }
+}
