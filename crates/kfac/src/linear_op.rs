@@ -60,25 +60,30 @@ pub fn fused_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::
     }
 }
 
-/// Candle's CPU thread count as the GEMM's parallelism (one thread: no pool at all).
-fn parallelism() -> Parallelism {
-    match candle_core::utils::get_num_threads() {
+/// `threads` as the GEMM's parallelism (one thread: no pool at all).
+fn parallelism(threads: usize) -> Parallelism {
+    match threads {
         0 | 1 => Parallelism::None,
         t => Parallelism::Rayon(t),
     }
 }
 
-/// A matrix view: base slice and (row, column) strides in elements.
-#[derive(Clone, Copy)]
-struct View<'a, T> {
+/// Candle's CPU thread count, which the fused op's GEMMs use.
+fn candle_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// A read-only matrix operand of [`gemm_into`]: a slice and its (row, column) strides in elements.
+#[derive(Debug, Clone, Copy)]
+pub struct MatrixView<'a, T> {
     data: &'a [T],
     rs: isize,
     cs: isize,
 }
 
-impl<'a, T> View<'a, T> {
+impl<'a, T> MatrixView<'a, T> {
     /// `data` as a row-major matrix with `cols` columns.
-    fn rows(data: &'a [T], cols: usize) -> Self {
+    pub fn rows(data: &'a [T], cols: usize) -> Self {
         Self {
             data,
             rs: cols as isize,
@@ -86,8 +91,8 @@ impl<'a, T> View<'a, T> {
         }
     }
 
-    /// The transpose of [`View::rows`]`(data, cols)`: element `(j, r)` is `data[r·cols + j]`.
-    fn transposed(data: &'a [T], cols: usize) -> Self {
+    /// The transpose of [`MatrixView::rows`]`(data, cols)`: element `(j, r)` is `data[r·cols + j]`.
+    pub fn transposed(data: &'a [T], cols: usize) -> Self {
         Self {
             data,
             rs: 1,
@@ -96,18 +101,28 @@ impl<'a, T> View<'a, T> {
     }
 }
 
-/// `dst (r×c, row-major) = [dst +] lhs (r×k) · rhs (k×c)`, strides taken from the views.
+/// `dst (r×c, row-major) = [dst +] lhs (r×k) · rhs (k×c)`, strides taken from the views: the
+/// `gemm` crate's kernel (candle's own CPU matmul) on `threads` threads of rayon's pool (1: on the
+/// calling thread). The threads split the output into tiles; every element's dot product is
+/// accumulated in the same order whatever the thread count.
 ///
-/// Safety argument: every index the GEMM touches is `i·rs + j·cs` with `i < r`, `j < c` (or `< k`),
-/// and the callers build views whose extents are checked against the slices' lengths below.
-fn gemm_into<T: WithDType>(
+/// With `accumulate` the product is added to what `dst` holds (a bias pre-filled into the rows, a
+/// residual stream), else it overwrites it.
+///
+/// # Panics
+///
+/// If `dst` holds fewer than `r·c` elements or a view's slice is too short for its `r×k` / `k×c`
+/// extent: every index the GEMM touches is `i·rs + j·cs` with `i`, `j` inside those extents, so
+/// these checks are what makes the call memory-safe.
+pub fn gemm_into<T: WithDType>(
     dst: &mut [T],
     (r, c, k): (usize, usize, usize),
     accumulate: bool,
-    lhs: View<'_, T>,
-    rhs: View<'_, T>,
+    lhs: MatrixView<'_, T>,
+    rhs: MatrixView<'_, T>,
+    threads: usize,
 ) {
-    let extent = |v: View<'_, T>, rows: usize, cols: usize| {
+    let extent = |v: MatrixView<'_, T>, rows: usize, cols: usize| {
         if rows == 0 || cols == 0 {
             0
         } else {
@@ -133,7 +148,7 @@ fn gemm_into<T: WithDType>(
         return;
     }
     // SAFETY: the extents above bound every access; `dst` is exclusively borrowed and does not
-    // alias `lhs` or `rhs` (distinct allocations: `dst` is a fresh buffer in every caller).
+    // alias `lhs` or `rhs` (the borrow checker guarantees it: `dst` is `&mut`).
     unsafe {
         gemm(
             r,
@@ -154,7 +169,7 @@ fn gemm_into<T: WithDType>(
             false,
             false,
             false,
-            parallelism(),
+            parallelism(threads),
         )
     }
 }
@@ -191,9 +206,9 @@ fn forward<T: WithDType>(
         None => vec![T::from_f64(0.0); rows * m],
     };
     // Wᵀ as an n×m view of W (m×n, row-major): element (k, j) = W[j·n + k].
-    let wt = View::transposed(w, n);
-    let xv = View::rows(x, n);
-    gemm_into(&mut y, (rows, m, n), b.is_some(), xv, wt);
+    let wt = MatrixView::transposed(w, n);
+    let xv = MatrixView::rows(x, n);
+    gemm_into(&mut y, (rows, m, n), b.is_some(), xv, wt, candle_threads());
     y
 }
 
@@ -340,11 +355,18 @@ impl CustomOp2 for BwdProduct {
             let (g, o) = (slice::<T>(sg, lg, op)?, slice::<T>(so, lo, op)?);
             let mut out = vec![T::from_f64(0.0); r * n];
             let lhs = match self {
-                Self::Input => View::rows(g, m),
+                Self::Input => MatrixView::rows(g, m),
                 // dyᵀ as an m×N view of dy (N×m): element (j, r) = dy[r·m + j].
-                Self::Weight => View::transposed(g, m),
+                Self::Weight => MatrixView::transposed(g, m),
             };
-            gemm_into(&mut out, (r, n, k), false, lhs, View::rows(o, n));
+            gemm_into(
+                &mut out,
+                (r, n, k),
+                false,
+                lhs,
+                MatrixView::rows(o, n),
+                candle_threads(),
+            );
             T::to_cpu_storage_owned(out)
         });
         Ok((out, Shape::from((r, n))))

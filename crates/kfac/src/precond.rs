@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var, D};
 use rand::Rng;
 
@@ -950,7 +949,11 @@ impl KfacOptimizer {
 
     /// One step: preconditions the tracked layers' gradients (folding `curvature` into the factors
     /// on refresh steps), applies SGD with momentum to them and AdamW to the rest.
-    pub fn step(&mut self, grads: &GradStore, curvature: &[LayerCapture]) -> Result<KfacStepStats> {
+    pub fn step(
+        &mut self,
+        grads: &dyn GradientSource,
+        curvature: &[LayerCapture],
+    ) -> Result<KfacStepStats> {
         let adaptive = self.pre.cfg.adaptive_damping;
         let before: Vec<(usize, Tensor)> = if adaptive {
             (0..self.pre.layers.len())
@@ -968,14 +971,18 @@ impl KfacOptimizer {
             let mut deltas = Vec::new();
             for (i, w0) in before {
                 let spec = &self.pre.layers[i].spec;
-                let Some(gw) = grads.get(spec.weight.as_tensor()) else {
+                let Some(gw) = grads.gradient(&format!("{}.weight", spec.name), &spec.weight)
+                else {
                     continue;
                 };
                 let gb = match &spec.bias {
-                    Some(b) => Some(grads.get(b.as_tensor()).cloned().unwrap_or(b.zeros_like()?)),
+                    Some(b) => Some(match grads.gradient(&format!("{}.bias", spec.name), b) {
+                        Some(g) => g,
+                        None => b.zeros_like()?,
+                    }),
                     None => None,
                 };
-                let g = fold(gw, gb.as_ref())?;
+                let g = fold(&gw, gb.as_ref())?;
                 deltas.push((i, g, (self.pre.layer_folded(i)? - w0)?));
             }
             stats.predicted_change = self.pre.predicted_change(&deltas)?;

@@ -44,6 +44,27 @@ pub enum NonFinitePolicy {
     Skip,
 }
 
+/// How a training step computes its gradients (`--backward`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackwardKind {
+    /// The hand-written forward and backward pass of [`crate::native`] where the model is `f32` on
+    /// the CPU (the default; measured 1.6× faster a W1 step, docs/BENCHMARKS.md), candle's
+    /// autograd elsewhere.
+    Native,
+    /// candle's autograd over the model's graph, on every device and dtype: the reference the
+    /// native step is tested against.
+    Autograd,
+}
+
+impl BackwardKind {
+    /// What a `config.json` without the field ran with: every run before the native step existed
+    /// used autograd, and a resume must continue it exactly.
+    fn before_the_field() -> Self {
+        Self::Autograd
+    }
+}
+
 /// Consecutive skipped steps after which a run with [`NonFinitePolicy::Skip`] stops: a run whose
 /// every step is non-finite has diverged, and skipping would only hide it.
 pub const MAX_CONSECUTIVE_SKIPS: usize = 10;
@@ -91,6 +112,9 @@ pub struct TrainConfig {
     /// What a non-finite loss, gradient or update does (`--on-nonfinite`).
     #[serde(default)]
     pub on_nonfinite: NonFinitePolicy,
+    /// How the training step computes its gradients (`--backward`).
+    #[serde(default = "BackwardKind::before_the_field")]
+    pub backward: BackwardKind,
     /// Fingerprint of the loaded data (`run::RunData::fingerprint`), set by [`crate::run::run`]
     /// when a run starts and checked when it is resumed (`None` in a config that has not started
     /// a run, and in runs made before the field existed).
@@ -120,6 +144,7 @@ impl TrainConfig {
             init_in_out: false,
             kfac: None,
             on_nonfinite: NonFinitePolicy::Stop,
+            backward: BackwardKind::Native,
             data_fingerprint: None,
         }
     }

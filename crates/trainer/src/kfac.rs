@@ -13,7 +13,6 @@ use bmt_kfac::{
     AdamWConfig, FisherType, KfacConfig, KfacOptimizer, KfacStepStats, LayerCapture, NamedParams,
     PreconditionedLayer, Solver,
 };
-use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -22,7 +21,8 @@ use serde_json::{json, Value};
 
 use crate::config::{OptimizerKind, TrainConfig};
 use crate::error::{Result, TrainError};
-use crate::model::{cross_entropy, ModelConfig, Transformer};
+use crate::gradients::StepGradients;
+use crate::model::{ModelConfig, Transformer};
 
 /// Default learning rate of the outer SGD of `--optimizer kfac|cgfac`.
 pub const DEFAULT_LR: f64 = 0.1;
@@ -202,6 +202,12 @@ impl KfacRun {
         self.opt.needs_curvature()
     }
 
+    /// Whether the coming step reads the training backward's layer captures (a refresh step under
+    /// the empirical Fisher; the Monte-Carlo Fisher records its own in an extra backward).
+    pub fn needs_training_captures(&self) -> bool {
+        self.opt.needs_curvature() && self.opt.fisher_type() == FisherType::Empirical
+    }
+
     /// The optimizer.
     pub fn optimizer(&self) -> &KfacOptimizer {
         &self.opt
@@ -242,21 +248,6 @@ pub fn build(config: &TrainConfig, model: &Transformer, adamw: AdamWConfig) -> R
     })
 }
 
-fn captures(
-    model: &Transformer,
-    layers: &[String],
-    grads: &GradStore,
-) -> Result<Vec<LayerCapture>> {
-    let mut out = Vec::with_capacity(layers.len());
-    for l in model.attention_and_mlp_layers() {
-        if let Some(c) = l.capture(grads)? {
-            out.push(per_sample_sum_capture(model, c)?);
-        }
-    }
-    debug_assert!(out.is_empty() || out.len() == layers.len());
-    Ok(out)
-}
-
 /// A capture rescaled to `bmt-kfac`'s convention, in which the loss is a mean over the `N`
 /// sequences of per-sequence losses. The GPT's loss is a mean over all `N·T` byte predictions,
 /// i.e. per-sequence losses that are themselves token means: its output gradients carry an extra
@@ -273,29 +264,46 @@ pub fn per_sample_sum_capture(model: &Transformer, mut c: LayerCapture) -> Resul
 }
 
 /// One K-FAC step after the training backward (`grads`). On refresh steps the captures come from
-/// the training backward (empirical Fisher) or from a Monte-Carlo backward.
+/// the training backward (empirical Fisher: `grads` must hold them, see
+/// [`KfacRun::needs_training_captures`]) or from a Monte-Carlo backward: labels are sampled from
+/// `logits` with a generator seeded by `(seed, step)`, and `mc_backward` returns the layer
+/// captures of the loss against them (the autograd or the native backward pass).
 pub fn step(
     k: &mut KfacRun,
     model: &Transformer,
     logits: &Tensor,
-    grads: &GradStore,
+    grads: &StepGradients,
+    mc_backward: impl FnOnce(&Tensor) -> Result<Vec<LayerCapture>>,
     seed: u64,
     step: usize,
 ) -> Result<Value> {
-    let curvature = if k.opt.needs_curvature() {
+    let raw = if k.opt.needs_curvature() {
         match k.opt.fisher_type() {
-            FisherType::Empirical => captures(model, &k.layers, grads)?,
+            FisherType::Empirical => grads.captures().to_vec(),
             FisherType::MonteCarlo => {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
                 rng.set_stream(0x4d43_0000_0000 + step as u64);
                 let sampled = bmt_kfac::sample_labels(&logits.detach(), &mut rng)?;
-                let mc_grads = cross_entropy(logits, &sampled)?.backward()?;
-                captures(model, &k.layers, &mc_grads)?
+                mc_backward(&sampled)?
             }
         }
     } else {
         Vec::new()
     };
+    if !raw.is_empty() && raw.len() != k.layers.len() {
+        return Err(TrainError::Input {
+            msg: format!(
+                "{} layer captures for the {} preconditioned layers: the forward pass did not \
+                 record every layer",
+                raw.len(),
+                k.layers.len()
+            ),
+        });
+    }
+    let curvature = raw
+        .into_iter()
+        .map(|c| per_sample_sum_capture(model, c))
+        .collect::<Result<Vec<_>>>()?;
     let stats = k.opt.step(grads, &curvature)?;
     Ok(stats_json(&stats))
 }

@@ -22,11 +22,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::checkpoint::{self, CheckpointMeta};
-use crate::config::{NonFinitePolicy, OptimizerKind, TrainConfig, MAX_CONSECUTIVE_SKIPS};
+use crate::config::{
+    BackwardKind, NonFinitePolicy, OptimizerKind, TrainConfig, MAX_CONSECUTIVE_SKIPS,
+};
 use crate::data::{Batch, DataSource, Dataset, ImageSet, Split, TextSet};
 use crate::diag::Diagnostics;
 use crate::error::{io_err, Result, TrainError};
+use crate::gradients::{autograd_captures, StepGradients};
 use crate::model::{correct_predictions, cross_entropy, ModelConfig, Transformer};
+use crate::native::{NativeStep, Want};
 
 /// The optimizer of a run.
 pub enum RunOptimizer {
@@ -158,6 +162,20 @@ pub struct Trainer {
     pub skipped_steps: usize,
     /// Steps skipped in a row (reset by every step that updates).
     pub consecutive_skips: usize,
+    /// The native step's activations, reused from step to step.
+    native: NativeStep,
+}
+
+/// What [`Trainer::forward_backward`] returns: the loss, the correct predictions, and (unless the
+/// loss is not finite, when nothing else was done) the gradients and where the logits are.
+type ForwardBackward = (f64, usize, Option<(StepGradients, StepLogits)>);
+
+/// Where the K-FAC step finds this step's logits.
+enum StepLogits {
+    /// On the trainer's [`NativeStep`].
+    Native,
+    /// The autograd forward pass's (still attached to its graph).
+    Autograd(Tensor),
 }
 
 /// Period, in steps, of the second-order measurement when diagnostics are on.
@@ -181,6 +199,7 @@ impl Trainer {
             second_order_every,
             skipped_steps: 0,
             consecutive_skips: 0,
+            native: NativeStep::new(),
         })
     }
 
@@ -225,26 +244,78 @@ impl Trainer {
         }
     }
 
-    /// The name of the first parameter (in name order) whose tensor from `values` (its gradient,
-    /// or its value) holds a NaN or ±∞, if any; `Σ|x|` is computed in the tensor's dtype and
-    /// overflows to ∞ only for values beyond any useful training state.
-    fn first_non_finite(
-        &self,
-        values: impl Fn(&candle_core::Var) -> Option<Tensor>,
-    ) -> Result<Option<String>> {
+    /// The name of the first parameter (in name order) whose value holds a NaN or ±∞, if any;
+    /// `Σ|x|` is computed in the tensor's dtype and overflows to ∞ only for values beyond any
+    /// useful training state.
+    fn first_non_finite_parameter(&self) -> Result<Option<String>> {
         for (name, var) in self.model.parameters() {
-            if let Some(t) = values(var) {
-                let total = t
-                    .abs()?
-                    .sum_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?;
-                if !total.is_finite() {
-                    return Ok(Some(name.clone()));
-                }
+            let total = var
+                .as_tensor()
+                .abs()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            if !total.is_finite() {
+                return Ok(Some(name.clone()));
             }
         }
         Ok(None)
+    }
+
+    /// Whether this trainer's steps run the native forward and backward pass ([`crate::native`]).
+    pub fn uses_native_step(&self) -> bool {
+        self.config.backward == BackwardKind::Native && crate::native::supports(&self.model)
+    }
+
+    /// Forward pass, loss and backward pass of one step, natively or through autograd; `captures`
+    /// asks for the attention/MLP layers' captures. Returns the loss, the correct predictions and
+    /// what the optimizer step needs, or the loss alone when it is not finite (nothing else done).
+    fn forward_backward(
+        &mut self,
+        batch: &Batch,
+        captures: bool,
+        times: &mut StepTimes,
+    ) -> Result<ForwardBackward> {
+        let t = Instant::now();
+        let threads = self.config.threads;
+        if self.uses_native_step() {
+            self.native.forward(&self.model, &batch.inputs, threads)?;
+            let (loss, correct, dlogits) = self.native.cross_entropy(&batch.targets)?;
+            times.forward = t.elapsed().as_secs_f64();
+            if !loss.is_finite() {
+                return Ok((loss, correct, None));
+            }
+            let t = Instant::now();
+            let want = Want {
+                parameters: true,
+                captures,
+            };
+            let backward = self.native.backward(&dlogits, want, threads)?;
+            let grads = StepGradients::from_native(&self.model, backward)?;
+            times.backward = t.elapsed().as_secs_f64();
+            return Ok((loss, correct, Some((grads, StepLogits::Native))));
+        }
+        if captures {
+            self.model.set_tracking(true);
+        }
+        let logits = self.model.forward(&batch.inputs)?;
+        let loss = cross_entropy(&logits, &batch.targets)?;
+        let loss_value = loss.to_scalar::<f32>()? as f64;
+        let correct = correct_predictions(&logits, &batch.targets)?;
+        times.forward = t.elapsed().as_secs_f64();
+        if !loss_value.is_finite() {
+            self.model.set_tracking(false);
+            return Ok((loss_value, correct, None));
+        }
+        let t = Instant::now();
+        let store = loss.backward()?;
+        let grads = StepGradients::from_autograd(&self.model, &store, captures);
+        times.backward = t.elapsed().as_secs_f64();
+        Ok((
+            loss_value,
+            correct,
+            Some((grads?, StepLogits::Autograd(logits))),
+        ))
     }
 
     fn guarded_step(&mut self, batch: &Batch) -> Result<StepOutcome> {
@@ -255,28 +326,30 @@ impl Trainer {
             hint: String::new(),
         };
         let measure = self.second_order_every > 0 && (self.step + 1) % self.second_order_every == 0;
-        let tracking = self.optimizer.needs_captures() || measure;
-        if tracking {
-            self.model.set_tracking(true);
-        }
+        let native = self.uses_native_step();
+        let captures = match &self.optimizer {
+            RunOptimizer::FirstOrder(_) => measure,
+            // The autograd path records on every refresh step: its Monte-Carlo backward reads the
+            // probes of this forward pass.
+            RunOptimizer::Kfac(k) if native => measure || k.needs_training_captures(),
+            RunOptimizer::Kfac(k) => measure || k.needs_curvature(),
+        };
         let mut times = StepTimes::default();
-        let t = Instant::now();
-        let logits = self.model.forward(&batch.inputs)?;
-        let loss = cross_entropy(&logits, &batch.targets)?;
-        let loss_value = loss.to_scalar::<f32>()? as f64;
-        let correct = correct_predictions(&logits, &batch.targets)?;
-        times.forward = t.elapsed().as_secs_f64();
-        if !loss_value.is_finite() {
-            self.model.set_tracking(false);
+        let result = self.forward_backward(batch, captures, &mut times);
+        let (loss_value, correct, rest) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.model.set_tracking(false);
+                return Err(e);
+            }
+        };
+        let Some((grads, logits)) = rest else {
             return Err(diverged(
                 self.step + 1,
                 format!("the training loss is {loss_value}"),
             ));
-        }
-        let t = Instant::now();
-        let grads = loss.backward()?;
-        times.backward = t.elapsed().as_secs_f64();
-        if let Some(name) = self.first_non_finite(|v| grads.get(v).cloned())? {
+        };
+        if let Some(name) = grads.first_non_finite() {
             self.model.set_tracking(false);
             return Err(diverged(
                 self.step + 1,
@@ -307,22 +380,50 @@ impl Trainer {
                 None
             }
             RunOptimizer::Kfac(k) => {
-                let stats = crate::kfac::step(
-                    k,
-                    &self.model,
-                    &logits,
-                    &grads,
-                    self.config.seed,
-                    self.step,
-                )?;
+                let (seed, step) = (self.config.seed, self.step);
+                let stats = match logits {
+                    StepLogits::Native => {
+                        let (native, threads) = (&mut self.native, self.config.threads);
+                        let logits = native.logits()?;
+                        crate::kfac::step(
+                            k,
+                            &self.model,
+                            &logits,
+                            &grads,
+                            |sampled| {
+                                let (_, _, dlogits) = native.cross_entropy(sampled)?;
+                                let want = Want {
+                                    parameters: false,
+                                    captures: true,
+                                };
+                                Ok(native.backward(&dlogits, want, threads)?.captures)
+                            },
+                            seed,
+                            step,
+                        )?
+                    }
+                    StepLogits::Autograd(logits) => {
+                        let model = &self.model;
+                        crate::kfac::step(
+                            k,
+                            model,
+                            &logits,
+                            &grads,
+                            |sampled| {
+                                let store = cross_entropy(&logits, sampled)?.backward()?;
+                                autograd_captures(model, &store)
+                            },
+                            seed,
+                            step,
+                        )?
+                    }
+                };
                 Some(stats)
             }
         };
         times.optimizer = t.elapsed().as_secs_f64();
-        if tracking {
-            self.model.set_tracking(false);
-        }
-        if let Some(name) = self.first_non_finite(|v| Some(v.as_tensor().clone()))? {
+        self.model.set_tracking(false);
+        if let Some(name) = self.first_non_finite_parameter()? {
             if let Some((params, state)) = undo {
                 self.model.load(&params)?;
                 self.optimizer

@@ -16,12 +16,12 @@
 use std::collections::BTreeMap;
 
 use bmt_kfac::{kronecker_factors, kronecker_quadratic_form, LayerCapture, WeightSharing};
-use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 use serde_json::{json, Map, Value};
 
 use crate::data::Batch;
 use crate::error::Result;
+use crate::gradients::StepGradients;
 use crate::model::{cross_entropy, Transformer};
 
 /// Weights and bias of one layer folded into `W̄ = [W b]`, `(m, n+1)`, in f64.
@@ -55,18 +55,18 @@ pub struct Before {
 impl Before {
     /// Records, after the training backward and before the update: every tracked attention/MLP
     /// layer's capture, folded weights and folded gradient, and every parameter with its gradient.
-    /// Tracking must have been on during the forward pass.
-    pub fn record(model: &Transformer, grads: &GradStore, loss: f64) -> Result<Self> {
+    /// `grads` must hold the training backward's captures.
+    pub fn record(model: &Transformer, grads: &StepGradients, loss: f64) -> Result<Self> {
         let mut layers = Vec::new();
-        for l in model.attention_and_mlp_layers() {
-            let Some(capture) = l.capture(grads)? else {
-                continue;
-            };
-            let capture = crate::kfac::per_sample_sum_capture(model, capture)?;
-            let (Some(gw), gb) = (
-                grads.get(l.weight().as_tensor()),
-                l.bias().and_then(|b| grads.get(b.as_tensor())),
-            ) else {
+        for (l, capture) in model
+            .attention_and_mlp_layers()
+            .iter()
+            .zip(grads.captures())
+        {
+            debug_assert_eq!(l.name(), capture.name);
+            let capture = crate::kfac::per_sample_sum_capture(model, capture.clone())?;
+            let (Some(gw), gb) = (grads.get(l.weight()), l.bias().and_then(|b| grads.get(b)))
+            else {
                 continue;
             };
             layers.push(LayerBefore {
@@ -77,7 +77,7 @@ impl Before {
         }
         let mut params = BTreeMap::new();
         for (name, var) in model.parameters() {
-            if let Some(g) = grads.get(var.as_tensor()) {
+            if let Some(g) = grads.get(var) {
                 params.insert(name.clone(), (var.as_tensor().copy()?, g.clone()));
             }
         }

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use bmt_trainer::config::{OptimizerKind, TrainConfig};
+use bmt_trainer::config::{BackwardKind, OptimizerKind, TrainConfig};
 use bmt_trainer::data::{split_text, Batch};
 use bmt_trainer::diag::Diagnostics;
 use bmt_trainer::kfac::{KfacSettings, DEFAULT_LR};
@@ -73,6 +73,10 @@ struct Args {
     /// W1-cgfac-mf, W2-adamw, W2-kfac, W2-cgfac); default: all seven.
     #[arg(long)]
     only: Vec<String>,
+    /// How the training steps compute gradients: `native` (the default of `bmt train`) or
+    /// `autograd` (candle's, to measure what the native step gains).
+    #[arg(long, value_enum, default_value_t = BackwardKind::Native)]
+    backward: BackwardKind,
 }
 
 /// Which model a workload trains.
@@ -601,7 +605,12 @@ fn bench_ops(c: &VitConfig, batch: usize, min_s: f64, device: &Device) -> Result
 /// The configuration of `w`, with bmt's defaults for the optimizer's learning rate: W1 with its
 /// K-FAC defaults; W2 (`text_origin` names its data) with diagnostics off and the K-FAC defaults
 /// of the GPT (expand weight sharing) at WORKLOADS.md's refresh periods k_fac = 10, k_inv = 100.
-fn workload_config(w: &Workload, threads: usize, text_origin: &str) -> TrainConfig {
+fn workload_config(
+    w: &Workload,
+    threads: usize,
+    backward: BackwardKind,
+    text_origin: &str,
+) -> TrainConfig {
     let mut config = match w.family {
         Family::W1 => TrainConfig::w1(),
         Family::W2 => {
@@ -612,6 +621,7 @@ fn workload_config(w: &Workload, threads: usize, text_origin: &str) -> TrainConf
     };
     config.optimizer = w.optimizer;
     config.threads = threads;
+    config.backward = backward;
     if let Some(solver) = w.solver {
         config.lr = DEFAULT_LR;
         let mut k = KfacSettings::for_model(w.optimizer, &config.model);
@@ -723,13 +733,13 @@ fn bench_workload(
     data: &RunData,
     data_origin: &str,
     device: &Device,
-    threads: usize,
+    (threads, backward): (usize, BackwardKind),
     warmup: usize,
     steps: usize,
     ceilings: &Ceilings,
     scratch: &std::path::Path,
 ) -> Result<WorkloadResult> {
-    let mut config = workload_config(w, threads, data_origin);
+    let mut config = workload_config(w, threads, backward, data_origin);
     let patch = config.model.as_vit().map(|v| v.patch);
     fit_model_to_data(&mut config, data, patch);
     config.validate()?;
@@ -1195,7 +1205,7 @@ fn bench(args: Args) -> Result<()> {
             d,
             origin,
             &device,
-            args.threads,
+            (args.threads, args.backward),
             wu,
             st,
             &ceilings,

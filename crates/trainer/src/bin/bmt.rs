@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bmt_trainer::config::{NonFinitePolicy, OptimizerKind, TrainConfig};
+use bmt_trainer::config::{BackwardKind, NonFinitePolicy, OptimizerKind, TrainConfig};
 use bmt_trainer::data::DataSource;
 use bmt_trainer::kfac::KfacSettings;
 use bmt_trainer::model::{GptConfig, ModelConfig};
@@ -150,6 +150,10 @@ struct TrainArgs {
     /// and log it (10 skips in a row stop the run).
     #[arg(long, value_enum, default_value_t = NonFinitePolicy::Stop)]
     on_nonfinite: NonFinitePolicy,
+    /// How a step computes its gradients: `native` (the hand-written backward pass, CPU f32; other
+    /// devices use autograd) or `autograd` (candle's, the reference).
+    #[arg(long, value_enum, default_value_t = BackwardKind::Native)]
+    backward: BackwardKind,
     /// A step record goes to metrics.jsonl every this many steps (0: none).
     #[arg(long, default_value_t = 5)]
     log_every: usize,
@@ -233,6 +237,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     config.threads = a.threads;
     config.log_every = a.log_every;
     config.on_nonfinite = a.on_nonfinite;
+    config.backward = a.backward;
     config.diagnostics = !a.no_diagnostics;
     config.init = a.init;
     config.init_in_out = a.init_in_out;

@@ -354,31 +354,44 @@ impl Transformer {
                 )?)
             }
             Embedding::Bytes { table } => {
-                let context = self.config.tokens();
-                let (b, t) = inputs.dims2().map_err(|_| TrainError::Input {
-                    msg: format!(
-                        "byte sequences must be (batch, length), got {:?}",
-                        inputs.dims()
-                    ),
-                })?;
-                if t == 0 || t > context {
-                    return Err(TrainError::Input {
-                        msg: format!("sequences of {t} bytes: the model takes 1 to {context}"),
-                    });
-                }
-                let ids = inputs.to_dtype(DType::U32)?.flatten_all()?;
-                let vocab = table.dim(0)?;
-                let max = ids.max(0)?.to_scalar::<u32>()? as usize;
-                if max >= vocab {
-                    return Err(TrainError::Input {
-                        msg: format!("token {max} is outside the vocabulary of {vocab}"),
-                    });
-                }
+                let (b, t, ids) = self.byte_ids(inputs)?;
                 let e = table.as_tensor().embedding(&ids)?.reshape((b, t, d))?;
                 let pos = self.pos.as_tensor().narrow(0, 0, t)?;
                 Ok(ops::add_rows(&e, &pos)?)
             }
         }
+    }
+
+    /// GPT inputs checked: byte sequences `(B, T)` with `1 ≤ T ≤ context` and every token inside
+    /// the vocabulary; returns `B`, `T` and the tokens flattened to `u32`. An error names what is
+    /// wrong (also for a ViT, which takes images).
+    pub(crate) fn byte_ids(&self, inputs: &Tensor) -> Result<(usize, usize, Tensor)> {
+        let ModelConfig::Gpt(c) = &self.config else {
+            return Err(TrainError::Input {
+                msg: "byte sequences need a GPT; this model is a ViT".into(),
+            });
+        };
+        let context = c.context;
+        let (b, t) = inputs.dims2().map_err(|_| TrainError::Input {
+            msg: format!(
+                "byte sequences must be (batch, length), got {:?}",
+                inputs.dims()
+            ),
+        })?;
+        if t == 0 || t > context {
+            return Err(TrainError::Input {
+                msg: format!("sequences of {t} bytes: the model takes 1 to {context}"),
+            });
+        }
+        let ids = inputs.to_dtype(DType::U32)?.flatten_all()?;
+        let vocab = c.vocab;
+        let max = ids.max(0)?.to_scalar::<u32>()? as usize;
+        if max >= vocab {
+            return Err(TrainError::Input {
+                msg: format!("token {max} is outside the vocabulary of {vocab}"),
+            });
+        }
+        Ok((b, t, ids))
     }
 
     fn run(&self, inputs: &Tensor, mut trace: Option<&mut Trace>) -> Result<Tensor> {

@@ -96,7 +96,7 @@ fn causal_mask(t: usize, like: &Tensor) -> candle_core::Result<Tensor> {
 
 /// The sizes of one attention call, checked.
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
+pub(super) struct Geometry {
     batch: usize,
     tokens: usize,
     heads: usize,
@@ -107,6 +107,24 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of `batch` sequences of `tokens` rows of `heads · head_dim` columns.
+    pub(super) fn new(
+        batch: usize,
+        tokens: usize,
+        heads: usize,
+        head_dim: usize,
+        causal: bool,
+    ) -> Self {
+        Self {
+            batch,
+            tokens,
+            heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            causal,
+        }
+    }
+
     fn of(
         q: &Tensor,
         k: &Tensor,
@@ -427,15 +445,41 @@ unsafe fn backward_avx2_fma<T: Real>(
     backward::<T, Fma>(g, q, k, v, dc, dq, dk, dv);
 }
 
-fn run_forward<T: Real>(g: &Geometry, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
-    let mut ctx = vec![T::zero(); q.len()];
+/// [`forward`] into `ctx` (as long as `q`), through the AVX2+FMA copy where the CPU has both.
+pub(super) fn forward_into<T: Real>(g: &Geometry, q: &[T], k: &[T], v: &[T], ctx: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
     if kernels::has_avx2_fma() {
         // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        unsafe { forward_avx2_fma(g, q, k, v, &mut ctx) };
-        return ctx;
+        unsafe { forward_avx2_fma(g, q, k, v, ctx) };
+        return;
     }
-    forward::<T, Split>(g, q, k, v, &mut ctx);
+    forward::<T, Split>(g, q, k, v, ctx);
+}
+
+/// [`backward`] into `dq`, `dk`, `dv` (each as long as `q`), dispatched as [`forward_into`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_into<T: Real>(
+    g: &Geometry,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dc: &[T],
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if kernels::has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+        unsafe { backward_avx2_fma(g, q, k, v, dc, dq, dk, dv) };
+        return;
+    }
+    backward::<T, Split>(g, q, k, v, dc, dq, dk, dv);
+}
+
+fn run_forward<T: Real>(g: &Geometry, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+    let mut ctx = vec![T::zero(); q.len()];
+    forward_into(g, q, k, v, &mut ctx);
     ctx
 }
 
@@ -445,13 +489,7 @@ fn run_backward<T: Real>(g: &Geometry, q: &[T], k: &[T], v: &[T], dc: &[T]) -> V
     let mut out = vec![T::zero(); 3 * n];
     let (dq, rest) = out.split_at_mut(n);
     let (dk, dv) = rest.split_at_mut(n);
-    #[cfg(target_arch = "x86_64")]
-    if kernels::has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-        unsafe { backward_avx2_fma(g, q, k, v, dc, dq, dk, dv) };
-        return out;
-    }
-    backward::<T, Split>(g, q, k, v, dc, dq, dk, dv);
+    backward_into(g, q, k, v, dc, dq, dk, dv);
     out
 }
 

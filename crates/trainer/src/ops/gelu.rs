@@ -79,7 +79,7 @@ fn gelu_bwd<T: Real, M: MulAdd>(x: &[T], dy: &[T], dx: &mut [T]) {
     }
 }
 
-struct GeluFwd;
+pub(super) struct GeluFwd;
 
 impl RowKernel1 for GeluFwd {
     #[inline(always)]
@@ -103,7 +103,7 @@ impl CustomOp1 for GeluFwd {
 }
 
 /// Backward op over `(x, dy)` returning `dx`.
-struct GeluBwd;
+pub(super) struct GeluBwd;
 
 impl RowKernel2 for GeluBwd {
     #[inline(always)]

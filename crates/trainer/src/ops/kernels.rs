@@ -362,31 +362,49 @@ unsafe fn apply2_avx2_fma<K: RowKernel2, T: Real>(
     k.apply::<T, Fma>(a, b, row, out);
 }
 
-/// `k` applied to `x` into a new buffer, through the AVX2+FMA copy where the CPU has both
-/// features, else the plain ([`Split`]) copy.
-pub(crate) fn apply1<K: RowKernel1, T: Real>(k: &K, x: &[T], row: usize) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
+/// `k` applied to `x`, written into `out` (as long as `x`), through the AVX2+FMA copy where the
+/// CPU has both features, else the plain ([`Split`]) copy.
+pub(crate) fn apply1_into<K: RowKernel1, T: Real>(k: &K, x: &[T], row: usize, out: &mut [T]) {
+    debug_assert_eq!(x.len(), out.len());
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
         // SAFETY: has_avx2_fma() just confirmed that this CPU supports AVX2 and FMA, the only
         // requirement of apply1_avx2_fma (its body is safe code).
-        unsafe { apply1_avx2_fma(k, x, row, &mut out) };
-        return out;
+        unsafe { apply1_avx2_fma(k, x, row, out) };
+        return;
     }
-    k.apply::<T, Split>(x, row, &mut out);
+    k.apply::<T, Split>(x, row, out);
+}
+
+/// As [`apply1_into`], for a [`RowKernel2`] (`a`, `b` and `out` of equal length).
+pub(crate) fn apply2_into<K: RowKernel2, T: Real>(
+    k: &K,
+    a: &[T],
+    b: &[T],
+    row: usize,
+    out: &mut [T],
+) {
+    debug_assert_eq!(a.len(), out.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: as in apply1_into: the CPU supports AVX2 and FMA, checked just above.
+        unsafe { apply2_avx2_fma(k, a, b, row, out) };
+        return;
+    }
+    k.apply::<T, Split>(a, b, row, out);
+}
+
+/// [`apply1_into`] into a new buffer.
+pub(crate) fn apply1<K: RowKernel1, T: Real>(k: &K, x: &[T], row: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    apply1_into(k, x, row, &mut out);
     out
 }
 
-/// As [`apply1`], for a [`RowKernel2`] (`a`, `b` of equal length).
+/// [`apply2_into`] into a new buffer.
 pub(crate) fn apply2<K: RowKernel2, T: Real>(k: &K, a: &[T], b: &[T], row: usize) -> Vec<T> {
     let mut out = vec![T::zero(); a.len()];
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: as in apply1: the CPU supports AVX2 and FMA, checked just above.
-        unsafe { apply2_avx2_fma(k, a, b, row, &mut out) };
-        return out;
-    }
-    k.apply::<T, Split>(a, b, row, &mut out);
+    apply2_into(k, a, b, row, &mut out);
     out
 }
 

@@ -49,8 +49,8 @@ fn check_eps(eps: f64) -> candle_core::Result<()> {
 }
 
 /// Forward op; its `bwd` applies [`LayerNormBwd`] to `(x, dy)`.
-struct LayerNormFwd {
-    eps: f64,
+pub(super) struct LayerNormFwd {
+    pub(super) eps: f64,
 }
 
 impl RowKernel1 for LayerNormFwd {
@@ -77,8 +77,8 @@ impl CustomOp1 for LayerNormFwd {
 
 /// Backward op over `(x, dy)`: recomputes `μ`, `s` and `y` from `x` and returns `dx`. It has no
 /// `bwd` of its own (second-order gradients raise `BackwardNotSupported`).
-struct LayerNormBwd {
-    eps: f64,
+pub(super) struct LayerNormBwd {
+    pub(super) eps: f64,
 }
 
 impl RowKernel2 for LayerNormBwd {

@@ -55,6 +55,7 @@ mod gelu;
 mod kernels;
 mod layer_norm;
 mod rows;
+pub(crate) mod slices;
 mod softmax;
 
 pub use attention::{attention, attention_composite};
