@@ -65,6 +65,15 @@ impl BackwardKind {
     }
 }
 
+/// The default thread count: one per micro-batch of the native step
+/// ([`crate::native::MICRO_BATCHES`]), at most the cores available. Measured on W1, 2 cores, idle
+/// (docs/BENCHMARKS.md): two threads run the native step about 1.6× faster than one, and the
+/// result does not depend on the thread count.
+pub fn default_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    crate::native::MICRO_BATCHES.min(cores).max(1)
+}
+
 /// Consecutive skipped steps after which a run with [`NonFinitePolicy::Skip`] stops: a run whose
 /// every step is non-finite has diverged, and skipping would only hide it.
 pub const MAX_CONSECUTIVE_SKIPS: usize = 10;
@@ -137,7 +146,7 @@ impl TrainConfig {
             epochs: 30,
             batch_size: 64,
             device: "cpu".into(),
-            threads: 1,
+            threads: default_threads(),
             log_every: 5,
             diagnostics: true,
             init: None,

@@ -53,8 +53,9 @@ struct Args {
     /// are not meaningful).
     #[arg(long)]
     quick: bool,
-    /// CPU threads for candle's kernels (set before any tensor work).
-    #[arg(long, default_value_t = 1)]
+    /// CPU threads: the native step's micro-batches and candle's kernels (set before any tensor
+    /// work; default as `bmt train`: 2, or 1 on a one-core machine).
+    #[arg(long, default_value_t = bmt_trainer::config::default_threads())]
     threads: usize,
     /// Untimed warm-up steps per W1 workload (default 10, 2 with --quick).
     #[arg(long)]

@@ -104,9 +104,10 @@ struct TrainArgs {
     /// Device: cpu, cuda or cuda:N (needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// CPU threads for Candle's kernels (default 1: measured fastest for W1, see README).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// CPU threads: the native step's micro-batches side by side, and Candle's kernels (default:
+    /// 2, or 1 on a one-core machine; measured fastest for W1, see README).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Run directory (default: runs/<data>-<optimizer>-seed<seed>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -166,7 +167,10 @@ struct TrainArgs {
 }
 
 fn train(a: TrainArgs) -> anyhow::Result<()> {
-    bmt_trainer::device::set_cpu_threads(a.threads)?;
+    let threads = a
+        .threads
+        .unwrap_or_else(bmt_trainer::config::default_threads);
+    bmt_trainer::device::set_cpu_threads(threads)?;
     if let Some(dir) = a.resume {
         if let Some(flag) = changed_on_resume() {
             anyhow::bail!(
@@ -177,7 +181,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         if let Some(e) = a.epochs {
             config.epochs = e;
         }
-        config.threads = a.threads;
+        config.threads = threads;
         config.on_nonfinite = a.on_nonfinite;
         let summary = run(
             config,
@@ -234,7 +238,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     config.epochs = a.epochs.unwrap_or(config.epochs);
     config.batch_size = a.batch_size.unwrap_or(config.batch_size);
     config.device = a.device;
-    config.threads = a.threads;
+    config.threads = threads;
     config.log_every = a.log_every;
     config.on_nonfinite = a.on_nonfinite;
     config.backward = a.backward;

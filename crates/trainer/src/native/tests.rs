@@ -225,3 +225,57 @@ fn bad_calls_are_errors() {
         .to_string();
     assert!(err.contains("--backward autograd"), "{err}");
 }
+
+/// The whole-batch step: micro-batches summed match autograd on the whole batch, and one thread
+/// and two give the same bits.
+#[test]
+fn native_step_matches_autograd_and_is_thread_independent() {
+    use super::NativeStep;
+    let m = model(small_gpt(), 11);
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let (x, y) = (labels(&[5, 9], 40, &mut rng), labels(&[5, 9], 40, &mut rng));
+    let logits = m.forward(&x).unwrap();
+    let loss = cross_entropy(&logits, &y).unwrap();
+    let grads = loss.backward().unwrap();
+    let want = Want {
+        parameters: true,
+        captures: true,
+    };
+    let mut runs = Vec::new();
+    for threads in [1, 2] {
+        let mut step = NativeStep::new();
+        step.forward(&m, &x, threads).unwrap();
+        close("logits", &step.logits().unwrap(), &logits);
+        let (l, _, d) = step.cross_entropy(&y).unwrap();
+        let closs = loss.to_scalar::<f32>().unwrap() as f64;
+        assert!((l - closs).abs() <= 1e-5 * closs, "loss {l} vs {closs}");
+        let out = step.backward(&d, want, threads).unwrap();
+        for (name, var) in m.parameters() {
+            let g = Tensor::from_slice(&out.gradients[name], var.shape(), &Device::Cpu).unwrap();
+            close(name, &g, grads.get(var).unwrap());
+        }
+        assert_eq!(out.captures.len(), 12);
+        assert_eq!(out.captures[0].input.dims(), &[5, 9, 16]);
+        runs.push((l, out));
+    }
+    let (a, b) = (&runs[0], &runs[1]);
+    assert_eq!(a.0, b.0);
+    assert_eq!(a.1.gradients, b.1.gradients);
+    for (ca, cb) in a.1.captures.iter().zip(&b.1.captures) {
+        assert_eq!(
+            ca.output_grad.to_vec3::<f32>().unwrap(),
+            cb.output_grad.to_vec3::<f32>().unwrap()
+        );
+    }
+}
+
+#[test]
+fn an_empty_batch_is_an_error() {
+    let m = model(VitConfig::w1(), 13);
+    let empty = Tensor::zeros((0, 1, 8, 8), DType::F32, &Device::Cpu).unwrap();
+    let err = super::NativeStep::new()
+        .forward(&m, &empty, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("empty batch"), "{err}");
+}
