@@ -276,6 +276,113 @@ struct Inv {
     damping: f64,
 }
 
+/// Folds one capture into `layer`'s factors (or rows, matrix-free): `Ok(false)` when the batch
+/// rows hold a NaN or ±∞ and were discarded.
+fn fold_capture(layer: &mut LayerState, cap: &LayerCapture, cfg: &KfacConfig) -> Result<bool> {
+    let rows = CurvatureRows::from_capture(cap, cfg.weight_sharing)?.narrow_a(layer.k)?;
+    if rows.a_rows.dim(1)? != layer.k || rows.g_rows.dim(1)? != layer.m {
+        return Err(KfacError::Shape {
+            what: format!("capture of layer `{}`", cap.name),
+            expected: format!("input (…, {}) and output_grad (…, {})", layer.k, layer.m),
+            found: format!("{:?} and {:?}", cap.input.dims(), cap.output_grad.dims()),
+        });
+    }
+    let rows = CurvatureRows {
+        a_rows: rows.a_rows.to_dtype(layer.spec.weight.dtype())?,
+        g_rows: rows.g_rows.to_dtype(layer.spec.weight.dtype())?,
+        ..rows
+    };
+    if !all_finite(&rows.a_rows)? || !all_finite(&rows.g_rows)? {
+        return Ok(false);
+    }
+    let traces = rows.traces()?;
+    if cfg.solver == Solver::CgMatrixFree {
+        layer.traces = traces;
+        layer.rows = Some(rows);
+    } else {
+        let (a, g) = rows.factors()?;
+        let beta = cfg.ema_decay;
+        let ema = |old: &Option<Tensor>, new: Tensor| -> Result<Tensor> {
+            Ok(match old {
+                Some(o) => ((o * beta)? + (new * (1.0 - beta))?)?,
+                None => new,
+            })
+        };
+        layer.traces = match layer.a {
+            Some(_) => (
+                beta * layer.traces.0 + (1.0 - beta) * traces.0,
+                beta * layer.traces.1 + (1.0 - beta) * traces.1,
+            ),
+            None => traces,
+        };
+        layer.a = Some(ema(&layer.a, a)?);
+        layer.g = Some(ema(&layer.g, g)?);
+    }
+    Ok(true)
+}
+
+/// What the solve of one layer counts, merged into [`KfacStepStats`] after the layers ran.
+#[derive(Debug, Default)]
+struct LayerStats {
+    decomposition_failures: usize,
+    refreshed_inverses: usize,
+    cg_breakdowns: usize,
+    cg_iterations: Vec<usize>,
+}
+
+impl LayerStats {
+    fn merge_into(self, stats: &mut KfacStepStats, cg_iterations: &mut Vec<usize>) {
+        stats.decomposition_failures += self.decomposition_failures;
+        stats.refreshed_inverses += self.refreshed_inverses;
+        stats.cg_breakdowns += self.cg_breakdowns;
+        cg_iterations.extend(self.cg_iterations);
+    }
+}
+
+/// Runs `f` on every `(index, layer, input)` job, side by side on up to `threads` scoped threads
+/// (jobs dealt round-robin, so that the big layers of a block spread out); results in job order.
+/// Each layer's arithmetic is the same whatever the thread count.
+fn for_each_layer<I: Send, T: Send>(
+    jobs: Vec<(usize, &mut LayerState, I)>,
+    threads: usize,
+    f: impl Fn(usize, &mut LayerState, I) -> Result<T> + Sync,
+) -> Result<Vec<(usize, T)>> {
+    if threads < 2 || jobs.len() < 2 {
+        return jobs
+            .into_iter()
+            .map(|(i, l, x)| Ok((i, f(i, l, x)?)))
+            .collect();
+    }
+    let workers = threads.min(jobs.len());
+    let mut buckets: Vec<Vec<(usize, &mut LayerState, I)>> =
+        (0..workers).map(|_| Vec::new()).collect();
+    for (n, job) in jobs.into_iter().enumerate() {
+        buckets[n % workers].push(job);
+    }
+    let f = &f;
+    let run = move |bucket: Vec<(usize, &mut LayerState, I)>| -> Result<Vec<(usize, T)>> {
+        bucket
+            .into_iter()
+            .map(|(i, l, x)| Ok((i, f(i, l, x)?)))
+            .collect()
+    };
+    let mut out = std::thread::scope(|s| {
+        let mut buckets = buckets.into_iter();
+        let first = buckets.next().unwrap_or_default();
+        let handles: Vec<_> = buckets.map(|b| s.spawn(move || run(b))).collect();
+        let mut out = run(first)?;
+        for h in handles {
+            out.extend(h.join().map_err(|_| KfacError::Capture {
+                layer: "(worker thread)".into(),
+                problem: "a preconditioner worker thread panicked",
+            })??);
+        }
+        Ok::<_, KfacError>(out)
+    })?;
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out)
+}
+
 #[derive(Debug)]
 struct LayerState {
     spec: PreconditionedLayer,
@@ -293,6 +400,122 @@ struct LayerState {
 impl LayerState {
     fn has_curvature(&self) -> bool {
         self.a.is_some() || self.rows.is_some()
+    }
+
+    /// Recomputes this layer's eigenbases or damped inverses from its factors.
+    fn refresh(&mut self, cfg: &KfacConfig, damping: f64, stats: &mut LayerStats) -> Result<()> {
+        let kind = cfg.damping_kind;
+        let layer = self;
+        let (Some(a), Some(g)) = (&layer.a, &layer.g) else {
+            return Ok(());
+        };
+        stats.refreshed_inverses += 1;
+        match cfg.solver {
+            Solver::Eigen => {
+                let ea = eigh(a)?;
+                let eg = eigh(g)?;
+                stats.decomposition_failures += usize::from(ea.jittered) + usize::from(eg.jittered);
+                layer.eig = match (ea.value, eg.value) {
+                    (Some((qa, la)), Some((qg, lg))) => Some(Eig { qa, la, qg, lg }),
+                    _ => None,
+                };
+            }
+            Solver::Inverse => {
+                let (da, dg) = match kind {
+                    DampingKind::Factored => layer.factored_shifts(damping),
+                    DampingKind::Tikhonov => (damping.sqrt(), damping.sqrt()),
+                };
+                let ia = damped_inverse(a, da)?;
+                let ig = damped_inverse(g, dg)?;
+                stats.decomposition_failures += usize::from(ia.jittered) + usize::from(ig.jittered);
+                layer.inv = match (ia.value, ig.value) {
+                    (Some(a_inv), Some(g_inv)) => Some(Inv {
+                        a_inv,
+                        g_inv,
+                        damping,
+                    }),
+                    _ => None,
+                };
+            }
+            Solver::CgFactor | Solver::CgMatrixFree => {}
+        }
+        Ok(())
+    }
+
+    /// This layer's preconditioned gradient, `None` to fall back to the plain gradient.
+    fn solve(
+        &mut self,
+        cfg: &KfacConfig,
+        damping: f64,
+        grad: &Tensor,
+        refresh_inv: bool,
+        stats: &mut LayerStats,
+    ) -> Result<Option<Tensor>> {
+        if !self.has_curvature() {
+            // No curvature yet: the plain gradient, not counted as a fallback.
+            return Ok(Some(grad.clone()));
+        }
+        let kind = cfg.damping_kind;
+        match cfg.solver {
+            Solver::Eigen => {
+                if refresh_inv || self.eig.is_none() {
+                    self.refresh(cfg, damping, stats)?;
+                }
+                let layer = &*self;
+                let Some(e) = &layer.eig else { return Ok(None) };
+                let (la, lg) = match kind {
+                    DampingKind::Tikhonov => (e.la.clone(), e.lg.clone()),
+                    DampingKind::Factored => {
+                        let (da, dg) = layer.factored_shifts(damping);
+                        ((&e.la + da)?, (&e.lg + dg)?)
+                    }
+                };
+                let mut denom = lg.unsqueeze(1)?.broadcast_mul(&la.unsqueeze(0)?)?;
+                if kind == DampingKind::Tikhonov {
+                    denom = (denom + damping)?;
+                }
+                let rotated = e.qg.t()?.matmul(grad)?.matmul(&e.qa)?;
+                let scaled = (rotated / denom)?;
+                Ok(Some(e.qg.matmul(&scaled)?.matmul(&e.qa.t()?)?))
+            }
+            Solver::Inverse => {
+                let stale = self.inv.as_ref().is_none_or(|v| v.damping != damping);
+                if refresh_inv || stale {
+                    self.refresh(cfg, damping, stats)?;
+                }
+                let Some(v) = &self.inv else {
+                    return Ok(None);
+                };
+                Ok(Some(v.g_inv.matmul(grad)?.matmul(&v.a_inv)?))
+            }
+            Solver::CgFactor | Solver::CgMatrixFree => {
+                let settings = CgSettings {
+                    tol: cfg.cg_tol,
+                    max_iters: cfg.cg_max_iters,
+                };
+                let layer = &*self;
+                let warm = if cfg.warm_start {
+                    layer.warm.as_ref().filter(|w| w.dims() == grad.dims())
+                } else {
+                    None
+                };
+                let mut out =
+                    conjugate_gradient(|x| layer.apply_m(x, damping, kind), grad, warm, settings)?;
+                stats.cg_iterations.push(out.iterations);
+                if out.breakdown {
+                    // Jitter and retry: cold start, ten times the damping.
+                    stats.cg_breakdowns += 1;
+                    let jd = 10.0 * damping;
+                    out = conjugate_gradient(|x| layer.apply_m(x, jd, kind), grad, None, settings)?;
+                    if out.breakdown {
+                        stats.cg_breakdowns += 1;
+                    }
+                }
+                let sol = out.solution;
+                self.warm = sol.clone();
+                Ok(sol)
+            }
+        }
     }
 
     /// `(δ_A, δ_G)` of factored damping.
@@ -352,6 +575,8 @@ pub struct Preconditioner {
     layers: Vec<LayerState>,
     step: u64,
     damping: f64,
+    /// Threads the per-layer solves and refreshes run on ([`Preconditioner::set_threads`]).
+    threads: usize,
 }
 
 impl Preconditioner {
@@ -400,7 +625,17 @@ impl Preconditioner {
             layers: states,
             step: 0,
             damping,
+            threads: 1,
         })
+    }
+
+    /// Runs the per-layer work of each step (factor folding, decompositions, solves) on up to
+    /// `threads` threads, layers dealt round-robin (default 1: on the calling thread). Each
+    /// layer's arithmetic is the same on any thread count, so results do not change. Meant for
+    /// candle on one CPU thread: the layers' tensor ops then run side by side instead of
+    /// splitting each small matmul.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
     /// The configuration.
@@ -452,7 +687,7 @@ impl Preconditioner {
         curvature: &[LayerCapture],
         stats: &mut KfacStepStats,
     ) -> Result<()> {
-        let mut seen = vec![false; self.layers.len()];
+        let mut owner: Vec<Option<&LayerCapture>> = vec![None; self.layers.len()];
         for cap in curvature {
             let Some(i) = self.layers.iter().position(|l| l.spec.name == cap.name) else {
                 return Err(KfacError::Capture {
@@ -460,55 +695,30 @@ impl Preconditioner {
                     problem: "no preconditioned layer has this name",
                 });
             };
-            if std::mem::replace(&mut seen[i], true) {
+            if owner[i].replace(cap).is_some() {
                 return Err(KfacError::Capture {
                     layer: cap.name.clone(),
                     problem: "captured twice in one step",
                 });
             }
-            let layer = &mut self.layers[i];
-            let rows =
-                CurvatureRows::from_capture(cap, self.cfg.weight_sharing)?.narrow_a(layer.k)?;
-            if rows.a_rows.dim(1)? != layer.k || rows.g_rows.dim(1)? != layer.m {
-                return Err(KfacError::Shape {
-                    what: format!("capture of layer `{}`", cap.name),
-                    expected: format!("input (…, {}) and output_grad (…, {})", layer.k, layer.m),
-                    found: format!("{:?} and {:?}", cap.input.dims(), cap.output_grad.dims()),
-                });
-            }
-            let rows = CurvatureRows {
-                a_rows: rows.a_rows.to_dtype(layer.spec.weight.dtype())?,
-                g_rows: rows.g_rows.to_dtype(layer.spec.weight.dtype())?,
-                ..rows
-            };
-            if !all_finite(&rows.a_rows)? || !all_finite(&rows.g_rows)? {
-                stats.non_finite_factors += 1;
-                continue;
-            }
-            let traces = rows.traces()?;
-            if self.cfg.solver == Solver::CgMatrixFree {
-                layer.traces = traces;
-                layer.rows = Some(rows);
+        }
+        let jobs: Vec<_> = self
+            .layers
+            .iter_mut()
+            .zip(owner)
+            .enumerate()
+            .filter_map(|(i, (l, cap))| cap.map(|c| (i, l, c)))
+            .collect();
+        let cfg = self.cfg;
+        let folded = for_each_layer(jobs, self.threads, |_, layer, cap| {
+            fold_capture(layer, cap, &cfg)
+        })?;
+        for (_, ok) in folded {
+            if ok {
+                stats.refreshed_factors += 1;
             } else {
-                let (a, g) = rows.factors()?;
-                let beta = self.cfg.ema_decay;
-                let ema = |old: &Option<Tensor>, new: Tensor| -> Result<Tensor> {
-                    Ok(match old {
-                        Some(o) => ((o * beta)? + (new * (1.0 - beta))?)?,
-                        None => new,
-                    })
-                };
-                layer.traces = match layer.a {
-                    Some(_) => (
-                        beta * layer.traces.0 + (1.0 - beta) * traces.0,
-                        beta * layer.traces.1 + (1.0 - beta) * traces.1,
-                    ),
-                    None => traces,
-                };
-                layer.a = Some(ema(&layer.a, a)?);
-                layer.g = Some(ema(&layer.g, g)?);
+                stats.non_finite_factors += 1;
             }
-            stats.refreshed_factors += 1;
         }
         Ok(())
     }
@@ -536,32 +746,45 @@ impl Preconditioner {
         stats.time_factors = (t1 - t0).as_secs_f64();
 
         let refresh_inv = self.step % self.cfg.k_inv == 0;
-        let mut solved: Vec<(usize, Tensor, Tensor)> = Vec::new();
-        let mut cg_iters: Vec<usize> = Vec::new();
-        for i in 0..self.layers.len() {
-            let (gw, gb) = {
-                let spec = &self.layers[i].spec;
-                let gw = grads.gradient(&format!("{}.weight", spec.name), &spec.weight);
-                let gb = spec
-                    .bias
-                    .as_ref()
-                    .and_then(|b| grads.gradient(&format!("{}.bias", spec.name), b));
-                (gw, gb)
-            };
+        let mut jobs = Vec::new();
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let spec = &layer.spec;
+            let gw = grads.gradient(&format!("{}.weight", spec.name), &spec.weight);
+            let gb = spec
+                .bias
+                .as_ref()
+                .and_then(|b| grads.gradient(&format!("{}.bias", spec.name), b));
             let Some(gw) = gw else { continue };
-            let gb = match (&self.layers[i].spec.bias, gb) {
+            let gb = match (&spec.bias, gb) {
                 (Some(b), None) => Some(b.zeros_like()?),
                 (_, gb) => gb,
             };
-            let grad = fold(&gw, gb.as_ref())?;
+            jobs.push((i, layer, fold(&gw, gb.as_ref())?));
+        }
+        let (cfg, damping) = (self.cfg, self.damping);
+        let results = for_each_layer(jobs, self.threads, |_, layer, grad| {
+            let mut ls = LayerStats::default();
             if !all_finite(&grad)? {
+                return Ok((grad, None, ls, true));
+            }
+            let u = layer.solve(&cfg, damping, &grad, refresh_inv, &mut ls)?;
+            let u = match u {
+                Some(u) if all_finite(&u)? => Some(u),
+                _ => None,
+            };
+            Ok((grad, u, ls, false))
+        })?;
+        let mut solved: Vec<(usize, Tensor, Tensor)> = Vec::new();
+        let mut cg_iters: Vec<usize> = Vec::new();
+        for (i, (grad, u, ls, skipped)) in results {
+            ls.merge_into(&mut stats, &mut cg_iters);
+            if skipped {
                 stats.fallbacks += 1;
                 continue;
             }
-            let u = self.solve_layer(i, &grad, refresh_inv, &mut stats, &mut cg_iters)?;
             let u = match u {
-                Some(u) if all_finite(&u)? => u,
-                _ => {
+                Some(u) => u,
+                None => {
                     stats.fallbacks += 1;
                     grad.clone()
                 }
@@ -606,126 +829,6 @@ impl Preconditioner {
         stats.time_solve = t1.elapsed().as_secs_f64();
         self.step += 1;
         Ok((out, stats))
-    }
-
-    fn refresh_decomposition(&mut self, i: usize, stats: &mut KfacStepStats) -> Result<()> {
-        let damping = self.damping;
-        let kind = self.cfg.damping_kind;
-        let layer = &mut self.layers[i];
-        let (Some(a), Some(g)) = (&layer.a, &layer.g) else {
-            return Ok(());
-        };
-        stats.refreshed_inverses += 1;
-        match self.cfg.solver {
-            Solver::Eigen => {
-                let ea = eigh(a)?;
-                let eg = eigh(g)?;
-                stats.decomposition_failures += usize::from(ea.jittered) + usize::from(eg.jittered);
-                layer.eig = match (ea.value, eg.value) {
-                    (Some((qa, la)), Some((qg, lg))) => Some(Eig { qa, la, qg, lg }),
-                    _ => None,
-                };
-            }
-            Solver::Inverse => {
-                let (da, dg) = match kind {
-                    DampingKind::Factored => layer.factored_shifts(damping),
-                    DampingKind::Tikhonov => (damping.sqrt(), damping.sqrt()),
-                };
-                let ia = damped_inverse(a, da)?;
-                let ig = damped_inverse(g, dg)?;
-                stats.decomposition_failures += usize::from(ia.jittered) + usize::from(ig.jittered);
-                layer.inv = match (ia.value, ig.value) {
-                    (Some(a_inv), Some(g_inv)) => Some(Inv {
-                        a_inv,
-                        g_inv,
-                        damping,
-                    }),
-                    _ => None,
-                };
-            }
-            Solver::CgFactor | Solver::CgMatrixFree => {}
-        }
-        Ok(())
-    }
-
-    /// The preconditioned gradient of layer `i`, `None` to fall back to the plain gradient.
-    fn solve_layer(
-        &mut self,
-        i: usize,
-        grad: &Tensor,
-        refresh_inv: bool,
-        stats: &mut KfacStepStats,
-        cg_iters: &mut Vec<usize>,
-    ) -> Result<Option<Tensor>> {
-        if !self.layers[i].has_curvature() {
-            // No curvature yet: the plain gradient, not counted as a fallback.
-            return Ok(Some(grad.clone()));
-        }
-        let damping = self.damping;
-        let kind = self.cfg.damping_kind;
-        match self.cfg.solver {
-            Solver::Eigen => {
-                if refresh_inv || self.layers[i].eig.is_none() {
-                    self.refresh_decomposition(i, stats)?;
-                }
-                let layer = &self.layers[i];
-                let Some(e) = &layer.eig else { return Ok(None) };
-                let (la, lg) = match kind {
-                    DampingKind::Tikhonov => (e.la.clone(), e.lg.clone()),
-                    DampingKind::Factored => {
-                        let (da, dg) = layer.factored_shifts(damping);
-                        ((&e.la + da)?, (&e.lg + dg)?)
-                    }
-                };
-                let mut denom = lg.unsqueeze(1)?.broadcast_mul(&la.unsqueeze(0)?)?;
-                if kind == DampingKind::Tikhonov {
-                    denom = (denom + damping)?;
-                }
-                let rotated = e.qg.t()?.matmul(grad)?.matmul(&e.qa)?;
-                let scaled = (rotated / denom)?;
-                Ok(Some(e.qg.matmul(&scaled)?.matmul(&e.qa.t()?)?))
-            }
-            Solver::Inverse => {
-                let stale = self.layers[i]
-                    .inv
-                    .as_ref()
-                    .is_none_or(|v| v.damping != damping);
-                if refresh_inv || stale {
-                    self.refresh_decomposition(i, stats)?;
-                }
-                let Some(v) = &self.layers[i].inv else {
-                    return Ok(None);
-                };
-                Ok(Some(v.g_inv.matmul(grad)?.matmul(&v.a_inv)?))
-            }
-            Solver::CgFactor | Solver::CgMatrixFree => {
-                let settings = CgSettings {
-                    tol: self.cfg.cg_tol,
-                    max_iters: self.cfg.cg_max_iters,
-                };
-                let layer = &self.layers[i];
-                let warm = if self.cfg.warm_start {
-                    layer.warm.as_ref().filter(|w| w.dims() == grad.dims())
-                } else {
-                    None
-                };
-                let mut out =
-                    conjugate_gradient(|x| layer.apply_m(x, damping, kind), grad, warm, settings)?;
-                cg_iters.push(out.iterations);
-                if out.breakdown {
-                    // Jitter and retry: cold start, ten times the damping.
-                    stats.cg_breakdowns += 1;
-                    let jd = 10.0 * damping;
-                    out = conjugate_gradient(|x| layer.apply_m(x, jd, kind), grad, None, settings)?;
-                    if out.breakdown {
-                        stats.cg_breakdowns += 1;
-                    }
-                }
-                let sol = out.solution;
-                self.layers[i].warm = sol.clone();
-                Ok(sol)
-            }
-        }
     }
 
     /// `Σ_layers ⟨∇W̄, δ⟩ + ½⟨δ, G δ A⟩` for updates `δ` keyed by layer index.
@@ -993,6 +1096,11 @@ impl KfacOptimizer {
     /// Whether the next step refreshes the factors (see [`Preconditioner::needs_curvature`]).
     pub fn needs_curvature(&self) -> bool {
         self.pre.needs_curvature()
+    }
+
+    /// Threads of the preconditioner's per-layer work ([`Preconditioner::set_threads`]).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.pre.set_threads(threads);
     }
 
     /// Which labels the curvature backward should use.

@@ -169,6 +169,18 @@ impl TrainConfig {
         }
     }
 
+    /// The thread count candle's own kernels get: 1 when the native step trains on the CPU (its
+    /// micro-batch workers use [`TrainConfig::threads`]; candle's kernels then serve evaluation,
+    /// the diagnostics and K-FAC's small-factor algebra, which a second thread slows down, and a
+    /// second candle pool thread would spin on the core a worker needs), else `threads`.
+    pub fn candle_threads(&self) -> usize {
+        if self.backward == BackwardKind::Native && self.device == "cpu" {
+            1
+        } else {
+            self.threads
+        }
+    }
+
     /// Rejects impossible settings before any work starts, naming the flag.
     pub fn validate(&self) -> Result<()> {
         let bad = |flag: &'static str, msg: String| Err(TrainError::Config { flag, msg });

@@ -55,6 +55,14 @@ pub fn set_cpu_threads(threads: usize) -> Result<()> {
     Ok(())
 }
 
+/// Sets only the thread count of candle's matmuls (`RAYON_NUM_THREADS`, read on every matmul), not
+/// that of its elementwise pool (`CANDLE_NUM_THREADS`, read once): the bench measures GEMM
+/// ceilings on every core, then trains with `TrainConfig::candle_threads`. Call it only while no
+/// other thread of the process runs (environment variables are process-wide).
+pub fn set_matmul_threads(threads: usize) {
+    std::env::set_var("RAYON_NUM_THREADS", threads.max(1).to_string());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -242,10 +242,13 @@ pub fn build(config: &TrainConfig, model: &Transformer, adamw: AdamWConfig) -> R
         lr: settings.others_lr,
         ..adamw
     };
-    Ok(KfacRun {
-        opt: KfacOptimizer::new(pre, others, cfg, adamw)?,
-        layers: names,
-    })
+    let mut opt = KfacOptimizer::new(pre, others, cfg, adamw)?;
+    // With candle on one thread (the native step), the layers' small factor algebra runs side by
+    // side on the run's threads; with a multi-threaded candle, one layer at a time.
+    if config.candle_threads() == 1 {
+        opt.set_threads(config.threads);
+    }
+    Ok(KfacRun { opt, layers: names })
 }
 
 /// A capture rescaled to `bmt-kfac`'s convention, in which the loss is a mean over the `N`

@@ -416,3 +416,44 @@ fn invalid_configs_are_rejected() {
     assert!(bad.validate().unwrap_err().to_string().contains("damping"));
     assert!(KfacConfig::default().validate().is_ok());
 }
+
+/// The per-layer work on two threads gives the same parameters, bit for bit, as on one, for every
+/// solver (each layer's arithmetic does not depend on which thread runs it).
+#[test]
+fn layer_threads_do_not_change_the_result() -> Result<()> {
+    let (x, y) = data(40)?;
+    for solver in [
+        Solver::Eigen,
+        Solver::Inverse,
+        Solver::CgFactor,
+        Solver::CgMatrixFree,
+    ] {
+        let kind = if solver == Solver::Inverse {
+            DampingKind::Factored
+        } else {
+            DampingKind::Tikhonov
+        };
+        let mut finals = Vec::new();
+        for threads in [1, 2] {
+            let net = Mlp::new(41)?;
+            let cfg = KfacConfig {
+                solver,
+                damping_kind: kind,
+                k_fac: 2,
+                k_inv: 3,
+                ..Default::default()
+            };
+            let mut opt = net.optimizer(cfg)?;
+            opt.set_threads(threads);
+            let mut refreshed = 0;
+            for _ in 0..7 {
+                let (_, stats) = net.train_step(&mut opt, &x, &y)?;
+                refreshed += stats.refreshed_factors;
+            }
+            assert_eq!(refreshed, 2 * 4, "{solver:?}: factors of both layers on 4 steps");
+            finals.push(net.params()?);
+        }
+        assert_eq!(finals[0], finals[1], "{solver:?}");
+    }
+    Ok(())
+}

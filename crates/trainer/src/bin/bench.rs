@@ -741,6 +741,7 @@ fn bench_workload(
     scratch: &std::path::Path,
 ) -> Result<WorkloadResult> {
     let mut config = workload_config(w, threads, backward, data_origin);
+    bmt_trainer::device::set_matmul_threads(config.candle_threads());
     let patch = config.model.as_vit().map(|v| v.patch);
     fit_model_to_data(&mut config, data, patch);
     config.validate()?;
@@ -1119,8 +1120,14 @@ fn main() -> std::process::ExitCode {
 }
 
 fn bench(args: Args) -> Result<()> {
-    // Before any tensor work: candle reads the thread count once for its pool.
+    // Before any tensor work: candle reads the thread count once for its elementwise pool. With
+    // the native step that pool gets one thread (as in `bmt train`, TrainConfig::candle_threads);
+    // the GEMM ceilings are measured on `--threads`, each workload's candle matmuls then run on
+    // its config's candle thread count.
     bmt_trainer::device::set_cpu_threads(args.threads)?;
+    if args.backward == BackwardKind::Native {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let start = Instant::now();
     let (warmup, steps, w2_warmup, w2_steps) = if args.quick {
         (
@@ -1212,6 +1219,7 @@ fn bench(args: Args) -> Result<()> {
             &ceilings,
             &scratch,
         )?);
+        bmt_trainer::device::set_matmul_threads(args.threads);
     }
     let _ = std::fs::remove_dir_all(&scratch);
 

@@ -170,7 +170,6 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     let threads = a
         .threads
         .unwrap_or_else(bmt_trainer::config::default_threads);
-    bmt_trainer::device::set_cpu_threads(threads)?;
     if let Some(dir) = a.resume {
         if let Some(flag) = changed_on_resume() {
             anyhow::bail!(
@@ -183,6 +182,8 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         }
         config.threads = threads;
         config.on_nonfinite = a.on_nonfinite;
+        // Before any tensor work: candle reads its thread count once for its pool.
+        bmt_trainer::device::set_cpu_threads(config.candle_threads())?;
         let summary = run(
             config,
             &dir,
@@ -305,6 +306,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         };
         PathBuf::from("runs").join(format!("{model}{data}-{}-seed{}", a.optimizer, a.seed))
     });
+    bmt_trainer::device::set_cpu_threads(config.candle_threads())?;
     run(
         config,
         &out,
