@@ -267,6 +267,104 @@ struct Eig {
     la: Tensor,
     qg: Tensor,
     lg: Tensor,
+    /// The same on the host in `f32` for the direct solve, made on first use (`None`: the
+    /// factors are not `f32` CPU tensors, and the solve uses candle ops).
+    host: std::sync::OnceLock<Option<HostEig>>,
+}
+
+impl Eig {
+    fn new(qa: Tensor, la: Tensor, qg: Tensor, lg: Tensor) -> Self {
+        Self {
+            qa,
+            la,
+            qg,
+            lg,
+            host: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn host(&self) -> Option<&HostEig> {
+        self.host
+            .get_or_init(|| {
+                let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+                if ![&self.qa, &self.la, &self.qg, &self.lg]
+                    .into_iter()
+                    .all(cpu_f32)
+                {
+                    return None;
+                }
+                let v = |t: &Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).ok();
+                Some(HostEig {
+                    qa: v(&self.qa)?,
+                    la: v(&self.la)?,
+                    qg: v(&self.qg)?,
+                    lg: v(&self.lg)?,
+                })
+            })
+            .as_ref()
+    }
+}
+
+/// An eigenbasis pair as row-major `f32` host buffers: `Q_A` `k×k`, `λ_A` `k`, `Q_G` `m×m`, `λ_G` `m`.
+#[derive(Debug, Clone)]
+struct HostEig {
+    qa: Vec<f32>,
+    la: Vec<f32>,
+    qg: Vec<f32>,
+    lg: Vec<f32>,
+}
+
+impl HostEig {
+    /// `U = Q_G ((Q_Gᵀ ∇W̄ Q_A) ⊘ D) Q_Aᵀ` with `D_ij = (λ_G,i + s_G)(λ_A,j + s_A) + t`, for
+    /// `∇W̄` `m×k` row-major: four GEMMs ([`crate::linear_op::gemm_into`], on the calling thread)
+    /// and one elementwise pass, no tensor ops. `None` if the result is not finite.
+    fn solve(
+        &self,
+        grad: &[f32],
+        (m, k): (usize, usize),
+        shifts: (f64, f64, f64),
+    ) -> Option<Vec<f32>> {
+        use crate::linear_op::{gemm_into, MatrixView};
+        let (sa, sg, t) = shifts;
+        let mut t1 = vec![0.0f32; m * k];
+        let mut t2 = vec![0.0f32; m * k];
+        // t1 = Q_Gᵀ ∇W̄, t2 = t1 Q_A.
+        let qg_t = MatrixView::transposed(&self.qg, m);
+        gemm_into(
+            &mut t1,
+            (m, k, m),
+            false,
+            qg_t,
+            MatrixView::rows(grad, k),
+            1,
+        );
+        gemm_into(
+            &mut t2,
+            (m, k, k),
+            false,
+            MatrixView::rows(&t1, k),
+            MatrixView::rows(&self.qa, k),
+            1,
+        );
+        for (row, &lg) in t2.chunks_exact_mut(k).zip(&self.lg) {
+            let g = f64::from(lg) + sg;
+            for (x, &la) in row.iter_mut().zip(&self.la) {
+                *x = (f64::from(*x) / (g * (f64::from(la) + sa) + t)) as f32;
+            }
+        }
+        // t1 = Q_G t2, u = t1 Q_Aᵀ.
+        gemm_into(
+            &mut t1,
+            (m, k, m),
+            false,
+            MatrixView::rows(&self.qg, m),
+            MatrixView::rows(&t2, k),
+            1,
+        );
+        let qa_t = MatrixView::transposed(&self.qa, k);
+        gemm_into(&mut t2, (m, k, k), false, MatrixView::rows(&t1, k), qa_t, 1);
+        t2.iter().all(|v| v.is_finite()).then_some(t2)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -416,7 +514,7 @@ impl LayerState {
                 let eg = eigh(g)?;
                 stats.decomposition_failures += usize::from(ea.jittered) + usize::from(eg.jittered);
                 layer.eig = match (ea.value, eg.value) {
-                    (Some((qa, la)), Some((qg, lg))) => Some(Eig { qa, la, qg, lg }),
+                    (Some((qa, la)), Some((qg, lg))) => Some(Eig::new(qa, la, qg, lg)),
                     _ => None,
                 };
             }
@@ -463,6 +561,21 @@ impl LayerState {
                 }
                 let layer = &*self;
                 let Some(e) = &layer.eig else { return Ok(None) };
+                if let (Some(h), true) = (e.host(), grad.dtype() == DType::F32) {
+                    let (m, k) = grad.dims2()?;
+                    let (sa, sg, t) = match kind {
+                        DampingKind::Tikhonov => (0.0, 0.0, damping),
+                        DampingKind::Factored => {
+                            let (da, dg) = layer.factored_shifts(damping);
+                            (da, dg, 0.0)
+                        }
+                    };
+                    let g = grad.flatten_all()?.to_vec1::<f32>()?;
+                    return Ok(match h.solve(&g, (m, k), (sa, sg, t)) {
+                        Some(u) => Some(Tensor::from_vec(u, (m, k), grad.device())?),
+                        None => None,
+                    });
+                }
                 let (la, lg) = match kind {
                     DampingKind::Tikhonov => (e.la.clone(), e.lg.clone()),
                     DampingKind::Factored => {
@@ -964,12 +1077,12 @@ impl Preconditioner {
                 (None, None)
             };
             let eig = if on(1) {
-                Some(Eig {
-                    qa: shaped(format!("{p}.eig.qa"), &[k, k])?,
-                    la: shaped(format!("{p}.eig.la"), &[k])?,
-                    qg: shaped(format!("{p}.eig.qg"), &[m, m])?,
-                    lg: shaped(format!("{p}.eig.lg"), &[m])?,
-                })
+                Some(Eig::new(
+                    shaped(format!("{p}.eig.qa"), &[k, k])?,
+                    shaped(format!("{p}.eig.la"), &[k])?,
+                    shaped(format!("{p}.eig.qg"), &[m, m])?,
+                    shaped(format!("{p}.eig.lg"), &[m])?,
+                ))
             } else {
                 None
             };
@@ -1188,4 +1301,68 @@ pub fn sample_labels(logits: &Tensor, rng: &mut impl Rng) -> Result<Tensor> {
         labels.push(label as u32);
     }
     Ok(Tensor::from_vec(labels, lead, logits.device())?)
+}
+
+#[cfg(test)]
+mod host_solve_tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn t(v: Vec<f32>, shape: &[usize]) -> Tensor {
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761) ^ seed).wrapping_mul(40503) % 1000) as f32
+                    / 500.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    /// The host solve is the tensor-op formula: being plain linear algebra it holds for any
+    /// matrices, so pseudo-random `Q`s and positive `λ`s test it (no orthogonal basis needed).
+    #[test]
+    fn host_eigen_solve_matches_the_tensor_ops() {
+        let (m, k) = (5, 7);
+        let qa = t(values(k * k, 1), &[k, k]);
+        let qg = t(values(m * m, 2), &[m, m]);
+        let la = t(values(k, 3).iter().map(|v| v.abs() + 0.1).collect(), &[k]);
+        let lg = t(values(m, 4).iter().map(|v| v.abs() + 0.2).collect(), &[m]);
+        let grad = t(values(m * k, 5), &[m, k]);
+        let e = Eig::new(qa.clone(), la.clone(), qg.clone(), lg.clone());
+        let host = e.host().expect("f32 CPU factors have a host copy");
+        for (sa, sg, tk) in [(0.0, 0.0, 0.05), (0.3, 0.02, 0.0)] {
+            let g = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let u = host.solve(&g, (m, k), (sa, sg, tk)).unwrap();
+            let denom = ((&lg + sg).unwrap().unsqueeze(1).unwrap())
+                .broadcast_mul(&(&la + sa).unwrap().unsqueeze(0).unwrap())
+                .unwrap();
+            let denom = (denom + tk).unwrap();
+            let rotated = qg.t().unwrap().matmul(&grad).unwrap().matmul(&qa).unwrap();
+            let want = qg
+                .matmul(&(rotated / denom).unwrap())
+                .unwrap()
+                .matmul(&qa.t().unwrap())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let scale = want.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            for (a, b) in u.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5 * scale, "{a} vs {b}");
+            }
+        }
+        // A singular denominator gives a non-finite result, reported as None.
+        let g = vec![1.0f32; m * k];
+        let zero = Eig::new(qa, la.zeros_like().unwrap(), qg, lg);
+        assert!(zero
+            .host()
+            .unwrap()
+            .solve(&g, (m, k), (0.0, 0.0, 0.0))
+            .is_none());
+    }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use bmt_kfac::{
     AdamWConfig, FisherType, KfacConfig, KfacOptimizer, KfacStepStats, LayerCapture, NamedParams,
-    PreconditionedLayer, Solver,
+    PreconditionedLayer, Solver, WeightSharing,
 };
 use candle_core::Tensor;
 use rand::SeedableRng;
@@ -200,6 +200,18 @@ impl KfacRun {
     /// Whether the coming step refreshes the factors (then the layers must record).
     pub fn needs_curvature(&self) -> bool {
         self.opt.needs_curvature()
+    }
+
+    /// The captures the native Monte-Carlo backward should return: position sums where they are
+    /// all the factors use (reduce weight sharing on the ViT, whose per-sequence rescaling is the
+    /// identity, see [`per_sample_sum_capture`]), full captures otherwise.
+    pub fn monte_carlo_captures(&self, model: &Transformer) -> crate::native::Captures {
+        let reduce = self.opt.preconditioner().config().weight_sharing == WeightSharing::Reduce;
+        if reduce && !model.config().causal() {
+            crate::native::Captures::PositionSums
+        } else {
+            crate::native::Captures::Full
+        }
     }
 
     /// Whether the coming step reads the training backward's layer captures (a refresh step under

@@ -30,7 +30,7 @@ use crate::diag::Diagnostics;
 use crate::error::{io_err, Result, TrainError};
 use crate::gradients::{autograd_captures, StepGradients};
 use crate::model::{correct_predictions, cross_entropy, ModelConfig, Transformer};
-use crate::native::{NativeStep, Want};
+use crate::native::{Captures, NativeStep, Want};
 
 /// The optimizer of a run.
 pub enum RunOptimizer {
@@ -288,7 +288,11 @@ impl Trainer {
             let t = Instant::now();
             let want = Want {
                 parameters: true,
-                captures,
+                captures: if captures {
+                    Captures::Full
+                } else {
+                    Captures::None
+                },
             };
             let backward = self.native.backward(&dlogits, want, threads)?;
             let grads = StepGradients::from_native(&self.model, backward)?;
@@ -384,6 +388,7 @@ impl Trainer {
                 let stats = match logits {
                     StepLogits::Native => {
                         let (native, threads) = (&mut self.native, self.config.threads);
+                        let mc_captures = k.monte_carlo_captures(&self.model);
                         let logits = native.logits()?;
                         crate::kfac::step(
                             k,
@@ -394,7 +399,7 @@ impl Trainer {
                                 let (_, _, dlogits) = native.cross_entropy(sampled)?;
                                 let want = Want {
                                     parameters: false,
-                                    captures: true,
+                                    captures: mc_captures,
                                 };
                                 Ok(native.backward(&dlogits, want, threads)?.captures)
                             },

@@ -450,7 +450,11 @@ fn layer_threads_do_not_change_the_result() -> Result<()> {
                 let (_, stats) = net.train_step(&mut opt, &x, &y)?;
                 refreshed += stats.refreshed_factors;
             }
-            assert_eq!(refreshed, 2 * 4, "{solver:?}: factors of both layers on 4 steps");
+            assert_eq!(
+                refreshed,
+                2 * 4,
+                "{solver:?}: factors of both layers on 4 steps"
+            );
             finals.push(net.params()?);
         }
         assert_eq!(finals[0], finals[1], "{solver:?}");

@@ -43,7 +43,7 @@ mod step;
 mod tape;
 
 pub use step::{NativeStep, MICRO_BATCHES};
-pub use tape::{Backward, Tape, Want};
+pub use tape::{Backward, Captures, Tape, Want};
 
 use candle_core::DType;
 

@@ -7,7 +7,7 @@ use bmt_kfac::LayerCapture;
 use candle_core::Tensor;
 
 use super::linear::{add_assign, with_gemm_threads};
-use super::tape::{Backward, Tape, Want};
+use super::tape::{Backward, Captures, Tape, Want};
 use crate::error::{Result, TrainError};
 use crate::model::Transformer;
 
@@ -160,7 +160,7 @@ impl NativeStep {
                 add_assign(g, &p.gradients[name]);
             }
         }
-        if want.captures && !rest.is_empty() {
+        if want.captures != Captures::None && !rest.is_empty() {
             total.captures = join_captures(total.captures, &rest)?;
         }
         Ok(total)

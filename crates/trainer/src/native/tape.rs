@@ -114,14 +114,29 @@ struct Scratch {
     dhf: Vec<f32>,
 }
 
+/// Which layer captures [`Tape::backward`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Captures {
+    /// None.
+    None,
+    /// The input and output gradient of every Q, K, V, O, FC₁ and FC₂ layer
+    /// ([`Transformer::attention_and_mlp_layers`] order), `(B, T, ·)`, as a tracked layer records
+    /// them.
+    Full,
+    /// The same summed over the positions of each sequence, `(B, 1, ·)`: inputs averaged, output
+    /// gradients summed. Exactly what K-FAC-reduce forms its factors from (`Ā`: per-sequence mean
+    /// inputs, `Ĝ`: per-sequence summed gradients, `bmt_kfac::WeightSharing::Reduce`), at a
+    /// `T`-th of the size; not valid for the expand setting.
+    PositionSums,
+}
+
 /// What [`Tape::backward`] computes.
 #[derive(Debug, Clone, Copy)]
 pub struct Want {
     /// Every parameter's gradient.
     pub parameters: bool,
-    /// The input and output gradient of every Q, K, V, O, FC₁ and FC₂ layer
-    /// ([`Transformer::attention_and_mlp_layers`] order), as a tracked layer records them.
-    pub captures: bool,
+    /// The layer captures.
+    pub captures: Captures,
 }
 
 /// What [`Tape::backward`] returns.
@@ -480,17 +495,24 @@ impl Tape {
             dh.copy_from_slice(&s.dhf);
         }
         let capture = |name: String, input: &[f32], output_grad: &[f32]| -> Result<LayerCapture> {
-            let shape = |w: usize| (dims.batch, t, w);
+            let tensor = |x: &[f32], scale: Option<f32>| -> Result<Tensor> {
+                let w = x.len() / rows;
+                Ok(match scale {
+                    None => Tensor::from_slice(x, (dims.batch, t, w), &Device::Cpu)?,
+                    Some(s) => {
+                        let sums = position_sums(x, dims.batch, t, w, s);
+                        Tensor::from_vec(sums, (dims.batch, 1, w), &Device::Cpu)?
+                    }
+                })
+            };
+            let reduced = want.captures == Captures::PositionSums;
             Ok(LayerCapture {
-                input: Tensor::from_slice(input, shape(input.len() / rows), &Device::Cpu)?,
-                output_grad: Tensor::from_slice(
-                    output_grad,
-                    shape(output_grad.len() / rows),
-                    &Device::Cpu,
-                )?,
+                input: tensor(input, reduced.then_some(1.0 / t as f32))?,
+                output_grad: tensor(output_grad, reduced.then_some(1.0))?,
                 name,
             })
         };
+        let capturing = want.captures != Captures::None;
         let mut captures_by_block = Vec::with_capacity(dims.depth);
         for i in (0..dims.depth).rev() {
             let a = &blocks[i];
@@ -498,8 +520,7 @@ impl Tape {
             let name = |n: &str| format!("blk{i}.{n}");
             let pw = |n: &str| &params[&name(n)];
             // MLP: h' = mid + FC₂(GELU(FC₁(LN₂(mid)))); s.dh holds ∂L/∂h'.
-            let cap_fc2 = want
-                .captures
+            let cap_fc2 = capturing
                 .then(|| capture(name("fc2"), &a.gl, &s.dh))
                 .transpose()?;
             input_grad(
@@ -510,8 +531,7 @@ impl Tape {
                 sized(&mut s.dgl, rows * mlp),
             );
             slices::gelu_backward(&a.a1, &s.dgl, sized(&mut s.da1, rows * mlp));
-            let cap_fc1 = want
-                .captures
+            let cap_fc1 = capturing
                 .then(|| capture(name("fc1"), &a.u2, &s.da1))
                 .transpose()?;
             input_grad(
@@ -533,8 +553,7 @@ impl Tape {
             slices::layer_norm_backward(&a.mid, &s.dy, d, eps, sized(&mut s.dx, n));
             add_assign(&mut s.dh, &s.dx);
             // Attention: mid = h + O(ctx); s.dh now holds ∂L/∂mid.
-            let cap_o = want
-                .captures
+            let cap_o = capturing
                 .then(|| capture(name("o"), &a.ctx, &s.dh))
                 .transpose()?;
             input_grad(&s.dh, pw("o.w"), (rows, d, d), false, sized(&mut s.dctx, n));
@@ -564,7 +583,7 @@ impl Tape {
                 grad(name("ln1.g"), column_dots(&s.du, &a.y1, d));
                 grad(name("ln1.b"), column_sums(&s.du, d));
             }
-            if want.captures {
+            if capturing {
                 let mut caps = Vec::with_capacity(6);
                 for (l, dl) in [("q", &s.dq), ("k", &s.dk), ("v", &s.dv)] {
                     caps.push(capture(name(l), &a.u1, dl)?);
@@ -584,6 +603,20 @@ impl Tape {
         }
         Ok(out)
     }
+}
+
+/// `scale · Σₜ x[b, t, ·]` for rows `x` of `batch · t` rows of `w` columns: `batch × w`.
+fn position_sums(x: &[f32], batch: usize, t: usize, w: usize, scale: f32) -> Vec<f32> {
+    let mut out = vec![0.0; batch * w];
+    for (o, seq) in out.chunks_exact_mut(w).zip(x.chunks_exact(t * w)) {
+        for row in seq.chunks_exact(w) {
+            add_assign(o, row);
+        }
+        if scale != 1.0 {
+            o.iter_mut().for_each(|v| *v *= scale);
+        }
+    }
+    out
 }
 
 /// The gradients of the embedding parameters from `dh = ∂L/∂h₀`, `(B·T) × d`.

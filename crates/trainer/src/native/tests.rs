@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{supports, Tape, Want};
+use super::{supports, Captures, Tape, Want};
 use crate::model::{cross_entropy, GptConfig, ModelConfig, Transformer, VitConfig};
 
 const REL: f32 = 2e-4;
@@ -95,7 +95,7 @@ fn compare(m: &Transformer, inputs: &Tensor, targets: &Tensor) {
             &dlogits,
             Want {
                 parameters: true,
-                captures: true,
+                captures: Captures::Full,
             },
         )
         .unwrap();
@@ -120,7 +120,7 @@ fn compare(m: &Transformer, inputs: &Tensor, targets: &Tensor) {
             &dlogits,
             Want {
                 parameters: false,
-                captures: true,
+                captures: Captures::Full,
             },
         )
         .unwrap();
@@ -175,7 +175,7 @@ fn a_reused_tape_equals_a_fresh_one() {
     fresh.forward(&m, &small).unwrap();
     let want = Want {
         parameters: true,
-        captures: false,
+        captures: Captures::None,
     };
     let (l1, c1, d1) = reused.cross_entropy(&y).unwrap();
     let (l2, c2, d2) = fresh.cross_entropy(&y).unwrap();
@@ -193,7 +193,7 @@ fn bad_calls_are_errors() {
     let mut tape = Tape::new();
     let want = Want {
         parameters: true,
-        captures: false,
+        captures: Captures::None,
     };
     let err = tape.backward(&[0.0; 10], want).unwrap_err().to_string();
     assert!(err.contains("Tape::forward first"), "{err}");
@@ -239,7 +239,7 @@ fn native_step_matches_autograd_and_is_thread_independent() {
     let grads = loss.backward().unwrap();
     let want = Want {
         parameters: true,
-        captures: true,
+        captures: Captures::Full,
     };
     let mut runs = Vec::new();
     for threads in [1, 2] {
@@ -278,4 +278,44 @@ fn an_empty_batch_is_an_error() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("empty batch"), "{err}");
+}
+
+/// Position-summed captures are the full captures averaged (inputs) and summed (output gradients)
+/// over each sequence, and give K-FAC-reduce the same factors.
+#[test]
+fn position_sums_give_the_reduce_factors() {
+    use bmt_kfac::{kronecker_factors, WeightSharing};
+    let m = model(VitConfig::w1(), 14);
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    let (x, y) = (images(6, &mut rng), labels(&[6], 10, &mut rng));
+    let mut tape = Tape::new();
+    tape.forward(&m, &x).unwrap();
+    let (_, _, d) = tape.cross_entropy(&y).unwrap();
+    let want = |captures| Want {
+        parameters: false,
+        captures,
+    };
+    let full = tape.backward(&d, want(Captures::Full)).unwrap().captures;
+    let sums = tape
+        .backward(&d, want(Captures::PositionSums))
+        .unwrap()
+        .captures;
+    assert_eq!(full.len(), sums.len());
+    for (f, s) in full.iter().zip(&sums) {
+        assert_eq!(s.input.dims()[..2], [6, 1]);
+        close(
+            &format!("{} mean input", f.name),
+            &s.input.squeeze(1).unwrap(),
+            &f.input.mean(1).unwrap(),
+        );
+        close(
+            &format!("{} summed grad", f.name),
+            &s.output_grad.squeeze(1).unwrap(),
+            &f.output_grad.sum(1).unwrap(),
+        );
+        let (af, gf) = kronecker_factors(f, WeightSharing::Reduce).unwrap();
+        let (a_s, gs) = kronecker_factors(s, WeightSharing::Reduce).unwrap();
+        close(&format!("{} A", f.name), &a_s, &af);
+        close(&format!("{} G", f.name), &gs, &gf);
+    }
 }
