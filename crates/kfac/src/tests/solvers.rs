@@ -192,8 +192,12 @@ fn matrix_free_product_equals_factor_product() -> Result<()> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
-    /// CG on random SPD Kronecker systems: a cold start never breaks down and the returned
-    /// solution's true relative squared residual is below the tolerance whenever it stopped early.
+    /// CG on random SPD Kronecker systems: a cold start never meets `⟨p, Mp⟩ ≤ 0` (the operator
+    /// is SPD); the only breakdown it may report is a residual that ended above the initial one
+    /// after the iteration cap (CG minimises the error's M-norm, not the residual, which on an
+    /// ill-conditioned system can grow: seed 320704, m = k = 4, λ = 2.4e-4 does). Whenever it
+    /// returns a solution, the true relative squared residual is the one reported, and below the
+    /// tolerance if it stopped early.
     #[test]
     fn cg_residual_bound_holds(seed in 0u64..1_000_000, m in 1usize..5, k in 1usize..5,
                                log_damping in -4.0f64..0.0) {
@@ -209,7 +213,12 @@ proptest! {
         };
         let s = CgSettings { tol: 1e-2, max_iters: 10 };
         let out = conjugate_gradient(op, &b, None, s).unwrap();
-        prop_assert!(!out.breakdown);
+        if out.breakdown {
+            prop_assert!(out.solution.is_none());
+            prop_assert!(out.iterations == s.max_iters && out.relative_residual > 1.0,
+                "breakdown after {} iterations at ρ'/ρ₀ = {}", out.iterations, out.relative_residual);
+            return Ok(());
+        }
         let x = out.solution.unwrap();
         let res = (&b - op(&x).unwrap()).unwrap();
         let ratio = crate::factors::frobenius(&res, &res).unwrap()
