@@ -8,7 +8,7 @@
 //! for `--w2-warmup` and `--w2-steps` steps on the repository's README.md repeated to 128 KiB
 //! (seeded printable bytes where the README is missing: the bytes do not matter for throughput),
 //! with diagnostics off. It times every phase of every step itself (forward + loss, backward,
-//! preconditioning, update, diagnostics); it measures candle's matmul at the shapes the models use,
+//! preconditioning, update, diagnostics); it measures the GEMM kernel at the shapes the models use,
 //! at 1024³ (W1's ceiling) and at W2's two largest products (W2's ceiling), and the fused against
 //! the composite LayerNorm/softmax at W1's shapes. It prints Markdown tables and, with
 //! `--json FILE`, writes the same numbers.
@@ -450,16 +450,19 @@ const W2_GEMM_PREFIX: &str = "W2 ";
 /// Name of the 1024³ GEMM in [`bench_gemm`]'s list.
 const CEILING_GEMM: &str = "ceiling: 1024³";
 
-/// candle matmul at W1's shapes (activations `(B·T) × in` times a weight `(out, in)` transposed, as
-/// `TrackedLinear` does; the per-head attention products), at W2's two largest products (FC₁ and
-/// FC₂ at batch `w2_batch`, equal FLOPs, different aspect) and at 1024³.
+/// The GEMMs at W1's shapes (activations `(B·T) × in` times a weight `(out, in)` transposed, as the
+/// linear layers do; the per-head attention products), at W2's two largest products (FC₁ and FC₂
+/// at batch `w2_batch`, equal FLOPs, different aspect) and at 1024³. The single products call the
+/// `gemm` crate (candle's CPU kernel, which the training steps call too) on `threads` threads,
+/// so that the ceiling is the machine's on the cores the step uses, whatever candle's own thread
+/// count; the batched attention product is candle's batched matmul.
 fn bench_gemm(
     c: &VitConfig,
     batch: usize,
     g: &GptConfig,
     w2_batch: usize,
     min_s: f64,
-    device: &Device,
+    (device, threads): (&Device, usize),
 ) -> Result<Vec<GemmResult>> {
     let rows = batch * c.tokens();
     let rows2 = w2_batch * g.context;
@@ -519,6 +522,34 @@ fn bench_gemm(
     ];
     let mut out = Vec::new();
     for (name, nb, m, k, n, weight_layout) in cases {
+        if nb == 1 && device.is_cpu() {
+            use bmt_kfac::linear_op::{gemm_into, MatrixView};
+            let a: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), device)?
+                .flatten_all()?
+                .to_vec1()?;
+            let b: Vec<f32> = Tensor::randn(0f32, 1.0, (k * n,), device)?.to_vec1()?;
+            let mut dst = vec![0f32; m * n];
+            let (ms, reps) = time_ms(min_s, 5, || {
+                let rhs = if weight_layout {
+                    MatrixView::transposed(&b, k)
+                } else {
+                    MatrixView::rows(&b, n)
+                };
+                gemm_into(&mut dst, (m, n, k), false, MatrixView::rows(&a, k), rhs, threads);
+                std::hint::black_box(&dst);
+                Ok(())
+            })?;
+            let flops = 2.0 * (m * k * n) as f64;
+            out.push(GemmResult {
+                name,
+                shape: [nb, m, k, n],
+                flops,
+                median_ms: ms,
+                gflops: flops / (ms * 1e-3) / 1e9,
+                reps,
+            });
+            continue;
+        }
         let (a, b) = if nb == 1 {
             let a = Tensor::randn(0f32, 1.0, (m, k), device)?;
             let b = if weight_layout {
@@ -970,7 +1001,10 @@ fn print_report(r: &Report) {
         }
     );
     println!();
-    println!("## GEMM (candle matmul, f32, median)");
+    println!(
+        "## GEMM (f32, median; single products: the gemm crate, candle's CPU kernel, on {} thread(s); QKᵀ: candle's batched matmul)",
+        r.threads
+    );
     println!();
     println!("| product | batch·m·k·n | ms | GFLOP/s | reps |");
     println!("|---|---|---|---|---|");
@@ -1180,7 +1214,14 @@ fn bench(args: Args) -> Result<()> {
 
     eprintln!("GEMM ...");
     let w1 = base.model.as_vit().context("W1 is a ViT")?;
-    let gemm = bench_gemm(w1, base.batch_size, gpt, base2.batch_size, min_s, &device)?;
+    let gemm = bench_gemm(
+        w1,
+        base.batch_size,
+        gpt,
+        base2.batch_size,
+        min_s,
+        (&device, args.threads),
+    )?;
     let ceilings = Ceilings {
         gemm_1024: gemm
             .iter()
