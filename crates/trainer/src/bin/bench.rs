@@ -522,52 +522,50 @@ fn bench_gemm(
     ];
     let mut out = Vec::new();
     for (name, nb, m, k, n, weight_layout) in cases {
-        if nb == 1 && device.is_cpu() {
+        let (ms, reps) = if nb == 1 && device.is_cpu() {
             use bmt_kfac::linear_op::{gemm_into, MatrixView};
             let a: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), device)?
                 .flatten_all()?
                 .to_vec1()?;
             let b: Vec<f32> = Tensor::randn(0f32, 1.0, (k * n,), device)?.to_vec1()?;
             let mut dst = vec![0f32; m * n];
-            let (ms, reps) = time_ms(min_s, 5, || {
+            time_ms(min_s, 5, || {
                 let rhs = if weight_layout {
                     MatrixView::transposed(&b, k)
                 } else {
                     MatrixView::rows(&b, n)
                 };
-                gemm_into(&mut dst, (m, n, k), false, MatrixView::rows(&a, k), rhs, threads);
+                gemm_into(
+                    &mut dst,
+                    (m, n, k),
+                    false,
+                    MatrixView::rows(&a, k),
+                    rhs,
+                    threads,
+                );
                 std::hint::black_box(&dst);
                 Ok(())
-            })?;
-            let flops = 2.0 * (m * k * n) as f64;
-            out.push(GemmResult {
-                name,
-                shape: [nb, m, k, n],
-                flops,
-                median_ms: ms,
-                gflops: flops / (ms * 1e-3) / 1e9,
-                reps,
-            });
-            continue;
-        }
-        let (a, b) = if nb == 1 {
-            let a = Tensor::randn(0f32, 1.0, (m, k), device)?;
-            let b = if weight_layout {
-                Tensor::randn(0f32, 1.0, (n, k), device)?.t()?
-            } else {
-                Tensor::randn(0f32, 1.0, (k, n), device)?
-            };
-            (a, b)
+            })?
         } else {
-            (
-                Tensor::randn(0f32, 1.0, (nb, m, k), device)?,
-                Tensor::randn(0f32, 1.0, (nb, k, n), device)?,
-            )
+            let (a, b) = if nb == 1 {
+                let a = Tensor::randn(0f32, 1.0, (m, k), device)?;
+                let b = if weight_layout {
+                    Tensor::randn(0f32, 1.0, (n, k), device)?.t()?
+                } else {
+                    Tensor::randn(0f32, 1.0, (k, n), device)?
+                };
+                (a, b)
+            } else {
+                (
+                    Tensor::randn(0f32, 1.0, (nb, m, k), device)?,
+                    Tensor::randn(0f32, 1.0, (nb, k, n), device)?,
+                )
+            };
+            time_ms(min_s, 5, || {
+                std::hint::black_box(a.matmul(&b)?);
+                Ok(())
+            })?
         };
-        let (ms, reps) = time_ms(min_s, 5, || {
-            std::hint::black_box(a.matmul(&b)?);
-            Ok(())
-        })?;
         let flops = 2.0 * (nb * m * k * n) as f64;
         out.push(GemmResult {
             name,
