@@ -256,3 +256,86 @@ fn check_claims_logged(dir: &Path) {
         );
     }
 }
+
+/// Resuming a run that is already finished trains nothing and leaves its summary as it was; with
+/// the summary lost (a crash after the last checkpoint) it is rebuilt, the train loss from the
+/// last epoch record, never written as `null`.
+#[test]
+fn resuming_a_finished_run_keeps_its_summary() {
+    let mut config = TrainConfig::w1();
+    config.epochs = 1;
+    config.diagnostics = false;
+    let dir = tmp("finished");
+    let quiet = RunOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let first = run(config.clone(), &dir, &quiet).unwrap();
+    assert!(first.final_train_loss.is_finite());
+    let summary_text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    let resume = RunOptions {
+        resume: true,
+        quiet: true,
+        ..Default::default()
+    };
+    let again = run(config.clone(), &dir, &resume).unwrap();
+    assert_eq!(again.final_train_loss, first.final_train_loss);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("summary.json")).unwrap(),
+        summary_text,
+        "summary.json was rewritten"
+    );
+    std::fs::remove_file(dir.join("summary.json")).unwrap();
+    let rebuilt = run(config, &dir, &resume).unwrap();
+    assert_eq!(rebuilt.final_train_loss, first.final_train_loss);
+    assert_eq!(rebuilt.final_test_accuracy, first.final_test_accuracy);
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert!(written["final_train_loss"].is_f64(), "{written}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `config.json` edited after its checkpoint was written (a learning rate, a batch size, the
+/// backward pass) is refused on resume, naming the setting: the checkpoint holds the configuration
+/// it was written with.
+#[test]
+fn an_edited_config_json_is_refused_on_resume() {
+    let mut config = TrainConfig::w1();
+    config.epochs = 1;
+    config.diagnostics = false;
+    let dir = tmp("edited");
+    let quiet = RunOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    run(config, &dir, &quiet).unwrap();
+    let path = dir.join("config.json");
+    let original: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (key, value) in [
+        ("lr", serde_json::json!(0.5)),
+        ("batch_size", serde_json::json!(3)),
+        ("backward", serde_json::json!("autograd")),
+    ] {
+        let mut edited = original.clone();
+        edited[key] = value;
+        std::fs::write(&path, serde_json::to_string_pretty(&edited).unwrap()).unwrap();
+        let mut resumed = bmt_trainer::run::read_config(&dir).unwrap();
+        resumed.epochs = 2;
+        let err = run(
+            resumed,
+            &dir,
+            &RunOptions {
+                resume: true,
+                quiet: true,
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("config.json does not match") && err.contains(key),
+            "{key}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -43,6 +43,11 @@ pub struct CheckpointMeta {
     pub skipped_steps: usize,
     /// Free-form state of the trainer's diagnostics (JSON), restored on resume.
     pub extra: serde_json::Value,
+    /// The run's configuration when the checkpoint was written: a resume checks `config.json`
+    /// against it, so an edited `config.json` cannot change a run unnoticed (`None` in
+    /// checkpoints written before the field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<crate::config::TrainConfig>,
 }
 
 /// The directory holding a run's checkpoints.
@@ -267,6 +272,7 @@ mod tests {
             best_bits_per_byte: None,
             skipped_steps: 0,
             extra: serde_json::json!({"k": 1}),
+            config: None,
         }
     }
 

@@ -803,6 +803,14 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             })?;
         let latest = checkpoint::load_latest(out)?;
         if let Some((_, meta)) = &latest {
+            if let Some(written) = &meta.config {
+                config.resumable_from(written).map_err(|diff| TrainError::Resume {
+                    dir: out.to_path_buf(),
+                    msg: format!(
+                        "config.json does not match the configuration its checkpoint was written with ({diff}); restore config.json, or start a new run"
+                    ),
+                })?;
+            }
             if config.epochs < meta.epoch {
                 return Err(TrainError::Config {
                     flag: "--epochs",
@@ -1093,6 +1101,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
             best_bits_per_byte: best_bits,
             skipped_steps: trainer.skipped_steps,
             extra: diagnostics.state(),
+            config: Some(config.clone()),
         };
         let mut tensors = BTreeMap::new();
         for (k, v) in trainer.model.snapshot()? {
@@ -1113,8 +1122,24 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
     let wall = wall_before + run_start.elapsed().as_secs_f64();
     let finished = completed == config.epochs;
     if finished && train_steps_timed == 0 {
-        // Resumed a finished run: report from the last checkpoint's evaluation.
+        // Resumed a finished run: nothing was trained. Its summary stands as written; without one
+        // (a crash between the last checkpoint and the summary) it is rebuilt from the last
+        // checkpoint's model and the last epoch's record.
+        if let Some(summary) = read_summary(out) {
+            if !options.quiet {
+                print_done(&summary, config.batch_size * config.model.tokens(), out);
+            }
+            return Ok(summary);
+        }
         last_eval = trainer.evaluate(data.test(), eval_batch)?;
+        last_train_loss = last_epoch_train_loss(&out.join("metrics.jsonl")).ok_or_else(|| {
+            TrainError::Resume {
+                dir: out.to_path_buf(),
+                msg: "the run is finished but has neither a summary.json nor an epoch record in \
+                      metrics.jsonl to rebuild it from"
+                    .into(),
+            }
+        })?;
     }
     let summary = Summary {
         final_test_accuracy: last_eval.accuracy,
@@ -1143,26 +1168,48 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         return Ok(summary);
     }
     write_json(&out.join("summary.json"), &summary)?;
-    if !options.quiet && data.is_text() {
-        eprintln!(
+    if !options.quiet {
+        print_done(&summary, config.batch_size * config.model.tokens(), out);
+    }
+    Ok(summary)
+}
+
+/// The `done: …` line of a finished run (bits per byte for text, accuracy for images).
+fn print_done(summary: &Summary, tokens_per_step: usize, out: &Path) {
+    match summary.final_bits_per_byte {
+        Some(bits) => eprintln!(
             "done: validation {:.3} bits/byte (best {:.3}), {:.0} tokens/s, {:.0} s; run directory {}",
-            last_eval.bits(),
-            best_bits.unwrap_or(f64::NAN),
-            summary.steps_per_second * (config.batch_size * config.model.tokens()) as f64,
+            bits,
+            summary.best_bits_per_byte.unwrap_or(f64::NAN),
+            summary.steps_per_second * tokens_per_step as f64,
             summary.wall_seconds,
             out.display()
-        );
-    } else if !options.quiet {
-        eprintln!(
+        ),
+        None => eprintln!(
             "done: final test accuracy {:.4} (best {:.4}), {:.1} steps/s, {:.0} s; run directory {}",
             summary.final_test_accuracy,
             summary.best_test_accuracy,
             summary.steps_per_second,
             summary.wall_seconds,
             out.display()
-        );
+        ),
     }
-    Ok(summary)
+}
+
+/// The `summary.json` of a run directory, if it holds a readable one.
+fn read_summary(dir: &Path) -> Option<Summary> {
+    let text = fs::read_to_string(dir.join("summary.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The `train_loss` of the last epoch record in `metrics.jsonl`, if any.
+fn last_epoch_train_loss(path: &Path) -> Option<f64> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("kind").and_then(Value::as_str) == Some("epoch"))
+        .filter_map(|v| v.get("train_loss").and_then(Value::as_f64))
+        .last()
 }
 
 /// Whether the epoch ended in a finite state: losses and every parameter. Checked before anything

@@ -148,9 +148,9 @@ struct TrainArgs {
     #[arg(long)]
     cg_max_iters: Option<usize>,
     /// A non-finite loss, gradient or update: stop the run (default) or skip the step, count it
-    /// and log it (10 skips in a row stop the run).
-    #[arg(long, value_enum, default_value_t = NonFinitePolicy::Stop)]
-    on_nonfinite: NonFinitePolicy,
+    /// and log it (10 skips in a row stop the run). A resume keeps the run's policy unless given.
+    #[arg(long, value_enum)]
+    on_nonfinite: Option<NonFinitePolicy>,
     /// How a step computes its gradients: `native` (the hand-written backward pass, CPU f32; other
     /// devices use autograd) or `autograd` (candle's, the reference).
     #[arg(long, value_enum, default_value_t = BackwardKind::Native)]
@@ -181,7 +181,9 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
             config.epochs = e;
         }
         config.threads = threads;
-        config.on_nonfinite = a.on_nonfinite;
+        if let Some(p) = a.on_nonfinite {
+            config.on_nonfinite = p;
+        }
         // Before any tensor work: candle reads its thread count once for its pool.
         bmt_trainer::device::set_cpu_threads(config.candle_threads())?;
         let summary = run(
@@ -241,7 +243,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     config.device = a.device;
     config.threads = threads;
     config.log_every = a.log_every;
-    config.on_nonfinite = a.on_nonfinite;
+    config.on_nonfinite = a.on_nonfinite.unwrap_or_default();
     config.backward = a.backward;
     config.diagnostics = !a.no_diagnostics;
     config.init = a.init;
