@@ -1206,10 +1206,10 @@ fn read_summary(dir: &Path) -> Option<Summary> {
 fn last_epoch_train_loss(path: &Path) -> Option<f64> {
     let text = fs::read_to_string(path).ok()?;
     text.lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v.get("kind").and_then(Value::as_str) == Some("epoch"))
-        .filter_map(|v| v.get("train_loss").and_then(Value::as_f64))
-        .last()
+        .find_map(|v| v.get("train_loss").and_then(Value::as_f64))
 }
 
 /// Whether the epoch ended in a finite state: losses and every parameter. Checked before anything

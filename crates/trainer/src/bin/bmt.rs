@@ -108,7 +108,7 @@ struct TrainArgs {
     /// 2, or 1 on a one-core machine; measured fastest for W1, see README).
     #[arg(long)]
     threads: Option<usize>,
-    /// Run directory (default: runs/<data>-<optimizer>-seed<seed>).
+    /// Run directory (default: `runs/<data>-<optimizer>-seed<seed>`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run in DIR from its newest checkpoint.

@@ -14,7 +14,7 @@ const BWD_NAME: &str = "fused-softmax-last-dim-bwd";
 ///
 /// Fused on the CPU for `f32`/`f64` (a non-contiguous input is made contiguous first); on any other
 /// device or dtype this is [`softmax_last_dim_composite`]. Errors: rank-0 input
-/// ([`OpsError::ScalarInput`]).
+/// ([`super::OpsError::ScalarInput`]).
 pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     check_rank(x, "softmax_last_dim")?;
     if !fused_supported(x) {
