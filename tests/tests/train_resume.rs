@@ -257,20 +257,27 @@ fn check_claims_logged(dir: &Path) {
     }
 }
 
+/// A finished one-epoch W1 run without diagnostics in a fresh directory: its config, directory and
+/// summary.
+fn one_epoch_run(tag: &str) -> (TrainConfig, PathBuf, bmt_trainer::run::Summary) {
+    let mut config = TrainConfig::w1();
+    config.epochs = 1;
+    config.diagnostics = false;
+    let dir = tmp(tag);
+    let quiet = RunOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    let summary = run(config.clone(), &dir, &quiet).unwrap();
+    (config, dir, summary)
+}
+
 /// Resuming a run that is already finished trains nothing and leaves its summary as it was; with
 /// the summary lost (a crash after the last checkpoint) it is rebuilt, the train loss from the
 /// last epoch record, never written as `null`.
 #[test]
 fn resuming_a_finished_run_keeps_its_summary() {
-    let mut config = TrainConfig::w1();
-    config.epochs = 1;
-    config.diagnostics = false;
-    let dir = tmp("finished");
-    let quiet = RunOptions {
-        quiet: true,
-        ..Default::default()
-    };
-    let first = run(config.clone(), &dir, &quiet).unwrap();
+    let (config, dir, first) = one_epoch_run("finished");
     assert!(first.final_train_loss.is_finite());
     let summary_text = std::fs::read_to_string(dir.join("summary.json")).unwrap();
     let resume = RunOptions {
@@ -300,15 +307,7 @@ fn resuming_a_finished_run_keeps_its_summary() {
 /// it was written with.
 #[test]
 fn an_edited_config_json_is_refused_on_resume() {
-    let mut config = TrainConfig::w1();
-    config.epochs = 1;
-    config.diagnostics = false;
-    let dir = tmp("edited");
-    let quiet = RunOptions {
-        quiet: true,
-        ..Default::default()
-    };
-    run(config, &dir, &quiet).unwrap();
+    let (_, dir, _) = one_epoch_run("edited");
     let path = dir.join("config.json");
     let original: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     for (key, value) in [
