@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{json_without_time, metrics_without_time};
+use common::{json_without_time, max_abs_diff, metrics_without_time};
 
 /// 372 bytes of English: short enough to memorise, long enough that most prefixes are unique.
 const TEXT: &str = "The Brownian motion of a token on the sphere is a random walk whose \
@@ -40,19 +40,6 @@ fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("bmt-gpt-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn bytes_tensor(rows: &[&[u8]]) -> Tensor {

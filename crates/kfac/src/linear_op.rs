@@ -186,7 +186,91 @@ fn slice<'a, T: WithDType>(
     }
 }
 
-/// Forward kernel: `y (N×m) = x (N×n) · Wᵀ [+ b]`.
+/// `y [+]= x Wᵀ [+ b]` for `x (rows×n)`, `W (m×n)`, `b (m)`, `y (rows×m)`, all row-major: without
+/// `accumulate` `y`'s rows are first set to `b` (or 0), with it `b` is added to them; then one GEMM
+/// accumulates `x Wᵀ` onto them, on `threads` threads. The fused op's forward and the trainer's
+/// native step both run this.
+pub fn affine_into<T: WithDType>(
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    (rows, n, m): (usize, usize, usize),
+    accumulate: bool,
+    y: &mut [T],
+    threads: usize,
+) {
+    let y = &mut y[..rows * m];
+    match (b, accumulate) {
+        (Some(b), false) => y
+            .chunks_exact_mut(m.max(1))
+            .for_each(|r| r.copy_from_slice(b)),
+        (Some(b), true) => y.chunks_exact_mut(m.max(1)).for_each(|r| {
+            for (o, &v) in r.iter_mut().zip(b) {
+                *o += v;
+            }
+        }),
+        (None, _) => {}
+    }
+    // Wᵀ as an n×m view of W (m×n, row-major): element (k, j) = W[j·n + k].
+    let wt = MatrixView::transposed(w, n);
+    let into = accumulate || b.is_some();
+    gemm_into(y, (rows, m, n), into, MatrixView::rows(x, n), wt, threads);
+}
+
+/// `dx [+]= dy W`, `(rows×n)`, from `dy (rows×m)` and `W (m×n)`: the gradient with respect to the
+/// layer input, on `threads` threads.
+pub fn input_grad_into<T: WithDType>(
+    dy: &[T],
+    w: &[T],
+    (rows, n, m): (usize, usize, usize),
+    accumulate: bool,
+    dx: &mut [T],
+    threads: usize,
+) {
+    gemm_into(
+        &mut dx[..rows * n],
+        (rows, n, m),
+        accumulate,
+        MatrixView::rows(dy, m),
+        MatrixView::rows(w, n),
+        threads,
+    );
+}
+
+/// `dW = dyᵀ x`, `(m×n)`, from `dy (rows×m)` and `x (rows×n)`, on `threads` threads.
+pub fn weight_grad<T: WithDType>(
+    dy: &[T],
+    x: &[T],
+    (rows, n, m): (usize, usize, usize),
+    threads: usize,
+) -> Vec<T> {
+    let mut dw = vec![T::from_f64(0.0); m * n];
+    // dyᵀ as an m×rows view of dy (rows×m): element (j, r) = dy[r·m + j].
+    gemm_into(
+        &mut dw,
+        (m, n, rows),
+        false,
+        MatrixView::transposed(dy, m),
+        MatrixView::rows(x, n),
+        threads,
+    );
+    dw
+}
+
+/// `db = Σ_rows dy` over rows of length `m`, accumulated row by row in the element type.
+pub fn bias_grad<T: WithDType>(dy: &[T], m: usize) -> Vec<T> {
+    let mut db = vec![T::from_f64(0.0); m];
+    if m > 0 {
+        for row in dy.chunks_exact(m) {
+            for (acc, &v) in db.iter_mut().zip(row) {
+                *acc += v;
+            }
+        }
+    }
+    db
+}
+
+/// Forward kernel: `y (N×m) = x (N×n) · Wᵀ [+ b]` into a new buffer ([`affine_into`]).
 fn forward<T: WithDType>(
     x: &[T],
     w: &[T],
@@ -195,20 +279,8 @@ fn forward<T: WithDType>(
     n: usize,
     m: usize,
 ) -> Vec<T> {
-    let mut y = match b {
-        Some(b) => {
-            let mut y = Vec::with_capacity(rows * m);
-            for _ in 0..rows {
-                y.extend_from_slice(b);
-            }
-            y
-        }
-        None => vec![T::from_f64(0.0); rows * m],
-    };
-    // Wᵀ as an n×m view of W (m×n, row-major): element (k, j) = W[j·n + k].
-    let wt = MatrixView::transposed(w, n);
-    let xv = MatrixView::rows(x, n);
-    gemm_into(&mut y, (rows, m, n), b.is_some(), xv, wt, candle_threads());
+    let mut y = vec![T::from_f64(0.0); rows * m];
+    affine_into(x, w, b, (rows, n, m), false, &mut y, candle_threads());
     y
 }
 
@@ -346,28 +418,20 @@ impl CustomOp2 for BwdProduct {
         let op = self.name();
         let (rows, m) = lg.shape().dims2()?;
         let (_, n) = lo.shape().dims2()?;
-        // Output (r×c) = lhs (r×k) · other (k×n, row-major).
-        let (r, k) = match self {
-            Self::Input => (rows, m),
-            Self::Weight => (m, rows),
+        let r = match self {
+            Self::Input => rows,
+            Self::Weight => m,
         };
         let out = dispatch!(op, sg, |T| {
             let (g, o) = (slice::<T>(sg, lg, op)?, slice::<T>(so, lo, op)?);
-            let mut out = vec![T::from_f64(0.0); r * n];
-            let lhs = match self {
-                Self::Input => MatrixView::rows(g, m),
-                // dyᵀ as an m×N view of dy (N×m): element (j, r) = dy[r·m + j].
-                Self::Weight => MatrixView::transposed(g, m),
-            };
-            gemm_into(
-                &mut out,
-                (r, n, k),
-                false,
-                lhs,
-                MatrixView::rows(o, n),
-                candle_threads(),
-            );
-            T::to_cpu_storage_owned(out)
+            T::to_cpu_storage_owned(match self {
+                Self::Input => {
+                    let mut dx = vec![T::from_f64(0.0); rows * n];
+                    input_grad_into(g, o, (rows, n, m), false, &mut dx, candle_threads());
+                    dx
+                }
+                Self::Weight => weight_grad(g, o, (rows, n, m), candle_threads()),
+            })
         });
         Ok((out, Shape::from((r, n))))
     }
@@ -384,16 +448,7 @@ impl CustomOp1 for BwdBias {
     fn cpu_fwd(&self, sg: &CpuStorage, lg: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, m) = lg.shape().dims2()?;
         let db = dispatch!(BWD_BIAS_NAME, sg, |T| {
-            let g = slice::<T>(sg, lg, BWD_BIAS_NAME)?;
-            let mut db = vec![T::from_f64(0.0); m];
-            if m > 0 {
-                for row in g.chunks_exact(m) {
-                    for (acc, &v) in db.iter_mut().zip(row) {
-                        *acc += v;
-                    }
-                }
-            }
-            T::to_cpu_storage_owned(db)
+            T::to_cpu_storage_owned(bias_grad(slice::<T>(sg, lg, BWD_BIAS_NAME)?, m))
         });
         Ok((db, Shape::from(m)))
     }

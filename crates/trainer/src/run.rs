@@ -267,18 +267,19 @@ impl Trainer {
         self.config.backward == BackwardKind::Native && crate::native::supports(&self.model)
     }
 
-    /// Forward pass, loss and backward pass of one step, natively or through autograd; `captures`
-    /// asks for the attention/MLP layers' captures. Returns the loss, the correct predictions and
+    /// Forward pass, loss and backward pass of one step, natively (`native`, from
+    /// [`Trainer::uses_native_step`]) or through autograd; `captures` asks for the attention/MLP
+    /// layers' captures. Returns the loss, the correct predictions and
     /// what the optimizer step needs, or the loss alone when it is not finite (nothing else done).
     fn forward_backward(
         &mut self,
         batch: &Batch,
-        captures: bool,
+        (native, captures): (bool, bool),
         times: &mut StepTimes,
     ) -> Result<ForwardBackward> {
         let t = Instant::now();
         let threads = self.config.threads;
-        if self.uses_native_step() {
+        if native {
             self.native.forward(&self.model, &batch.inputs, threads)?;
             let (loss, correct, dlogits) = self.native.cross_entropy(&batch.targets)?;
             times.forward = t.elapsed().as_secs_f64();
@@ -339,7 +340,7 @@ impl Trainer {
             RunOptimizer::Kfac(k) => measure || k.needs_curvature(),
         };
         let mut times = StepTimes::default();
-        let result = self.forward_backward(batch, captures, &mut times);
+        let result = self.forward_backward(batch, (native, captures), &mut times);
         let (loss_value, correct, rest) = match result {
             Ok(r) => r,
             Err(e) => {

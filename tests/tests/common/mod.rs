@@ -1,7 +1,7 @@
 //! Helpers shared by the end-to-end tests: run outputs with the fields that differ between any two
 //! runs (wall-clock times, rates, memory) removed, so that resumed and uninterrupted runs compare
-//! exactly; and the path of an up-to-date `bmt` binary (why it is found this way:
-//! `crash_resume.rs`).
+//! exactly; the path of an up-to-date `bmt` binary (why it is found this way: `crash_resume.rs`);
+//! and the largest elementwise difference of two tensors.
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
+use candle_core::Tensor;
 use serde_json::Value;
 
 /// Removes, recursively, every key containing `seconds` or ending in `_s`, and `steps_per_second`
@@ -104,4 +105,18 @@ pub fn bmt() -> &'static Path {
         assert!(bin.is_file(), "no bmt binary at {}", bin.display());
         bin
     })
+}
+
+/// `max |a − b|` over every element of two `f32` tensors of one shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }

@@ -1,12 +1,12 @@
-//! Row-major linear-layer kernels on `f32` slices: `y = x Wᵀ + b` and its three gradients, each a
-//! [`gemm_into`] with the operands' strides (no transposed copies), plus the row-wise helpers of
-//! the affine LayerNorm and the residual stream.
+//! Row-major linear-layer kernels on `f32` slices: `y = x Wᵀ + b` and its three gradients (the
+//! fused linear op's own kernels, [`bmt_kfac::linear_op`], on this worker's GEMM threads), plus the
+//! row-wise helpers of the affine LayerNorm and the residual stream.
 //!
 //! Shapes: `x (rows × n)`, `W (m × n)` (candle's `(out, in)`), `b (m)`, `y, dy (rows × m)`.
 
 use std::cell::Cell;
 
-use bmt_kfac::linear_op::{gemm_into, MatrixView};
+use bmt_kfac::linear_op;
 
 thread_local! {
     /// Threads each GEMM of this thread's part of the step may use ([`with_gemm_threads`]).
@@ -26,16 +26,9 @@ fn gemm_threads() -> usize {
     GEMM_THREADS.with(Cell::get)
 }
 
-/// `y = x Wᵀ + b`: `y`'s rows are filled with `b`, then the GEMM accumulates onto them.
-pub(super) fn affine(
-    x: &[f32],
-    w: &[f32],
-    b: &[f32],
-    (rows, n, m): (usize, usize, usize),
-    y: &mut [f32],
-) {
-    fill_rows(y, b, rows);
-    accumulate_product(x, w, (rows, n, m), y);
+/// `y = x Wᵀ + b` ([`linear_op::affine_into`] on this thread's GEMM threads).
+pub(super) fn affine(x: &[f32], w: &[f32], b: &[f32], dims: (usize, usize, usize), y: &mut [f32]) {
+    linear_op::affine_into(x, w, Some(b), dims, false, y, gemm_threads());
 }
 
 /// `y += x Wᵀ + b` (the residual connection `h + O(c)`).
@@ -43,68 +36,31 @@ pub(super) fn add_affine(
     x: &[f32],
     w: &[f32],
     b: &[f32],
-    (rows, n, m): (usize, usize, usize),
+    dims: (usize, usize, usize),
     y: &mut [f32],
 ) {
-    for row in y[..rows * m].chunks_exact_mut(m) {
-        add_assign(row, b);
-    }
-    accumulate_product(x, w, (rows, n, m), y);
-}
-
-/// `y += x Wᵀ`.
-fn accumulate_product(x: &[f32], w: &[f32], (rows, n, m): (usize, usize, usize), y: &mut [f32]) {
-    // Wᵀ as an n×m view of W (m×n, row-major).
-    gemm_into(
-        &mut y[..rows * m],
-        (rows, m, n),
-        true,
-        MatrixView::rows(x, n),
-        MatrixView::transposed(w, n),
-        gemm_threads(),
-    );
+    linear_op::affine_into(x, w, Some(b), dims, true, y, gemm_threads());
 }
 
 /// `dx [+]= dy W`: the gradient with respect to the layer input.
 pub(super) fn input_grad(
     dy: &[f32],
     w: &[f32],
-    (rows, n, m): (usize, usize, usize),
+    dims: (usize, usize, usize),
     accumulate: bool,
     dx: &mut [f32],
 ) {
-    gemm_into(
-        &mut dx[..rows * n],
-        (rows, n, m),
-        accumulate,
-        MatrixView::rows(dy, m),
-        MatrixView::rows(w, n),
-        gemm_threads(),
-    );
+    linear_op::input_grad_into(dy, w, dims, accumulate, dx, gemm_threads());
 }
 
 /// `dW = dyᵀ x`, `(m × n)`.
-pub(super) fn weight_grad(dy: &[f32], x: &[f32], (rows, n, m): (usize, usize, usize)) -> Vec<f32> {
-    let mut dw = vec![0.0; m * n];
-    // dyᵀ as an m×rows view of dy (rows×m).
-    gemm_into(
-        &mut dw,
-        (m, n, rows),
-        false,
-        MatrixView::transposed(dy, m),
-        MatrixView::rows(x, n),
-        gemm_threads(),
-    );
-    dw
+pub(super) fn weight_grad(dy: &[f32], x: &[f32], dims: (usize, usize, usize)) -> Vec<f32> {
+    linear_op::weight_grad(dy, x, dims, gemm_threads())
 }
 
-/// `Σ_rows a` over rows of length `m`, accumulated row by row in `f32` (as candle's `sum`).
+/// `Σ_rows a` over rows of length `m` (a bias gradient, [`linear_op::bias_grad`]).
 pub(super) fn column_sums(a: &[f32], m: usize) -> Vec<f32> {
-    let mut s = vec![0.0; m];
-    for row in a.chunks_exact(m) {
-        add_assign(&mut s, row);
-    }
-    s
+    linear_op::bias_grad(a, m)
 }
 
 /// `Σ_rows a ⊙ b` over rows of length `m` (the gradient of a LayerNorm gain: `Σ du ⊙ y`).
@@ -116,13 +72,6 @@ pub(super) fn column_dots(a: &[f32], b: &[f32], m: usize) -> Vec<f32> {
         }
     }
     s
-}
-
-/// Every row of `dst` (the first `rows` rows of `src.len()` columns) set to `src`.
-pub(super) fn fill_rows(dst: &mut [f32], src: &[f32], rows: usize) {
-    for row in dst[..rows * src.len()].chunks_exact_mut(src.len()) {
-        row.copy_from_slice(src);
-    }
 }
 
 /// `a += b` elementwise.

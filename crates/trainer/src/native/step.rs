@@ -1,8 +1,6 @@
 //! The native step over a whole batch: [`MICRO_BATCHES`] tapes, run in parallel when the run has
 //! the threads, their gradients summed in a fixed order.
 
-use std::collections::BTreeMap;
-
 use bmt_kfac::LayerCapture;
 use candle_core::Tensor;
 
@@ -167,28 +165,24 @@ impl NativeStep {
     }
 }
 
-/// Layer `l`'s captures of every micro-batch joined along the batch dimension.
+/// Each layer's captures of every micro-batch joined along the batch dimension.
 fn join_captures(first: Vec<LayerCapture>, rest: &[Backward]) -> Result<Vec<LayerCapture>> {
-    let mut by_layer: BTreeMap<usize, (Vec<Tensor>, Vec<Tensor>)> = BTreeMap::new();
-    for (l, c) in first.iter().enumerate() {
-        by_layer.insert(l, (vec![c.input.clone()], vec![c.output_grad.clone()]));
-    }
-    for p in rest {
-        for (l, c) in p.captures.iter().enumerate() {
-            let e = by_layer.entry(l).or_default();
-            e.0.push(c.input.clone());
-            e.1.push(c.output_grad.clone());
-        }
-    }
     first
         .into_iter()
         .enumerate()
         .map(|(l, c)| {
-            let (inputs, grads) = &by_layer[&l];
+            let (mut inputs, mut grads) = (vec![c.input], vec![c.output_grad]);
+            for p in rest {
+                let other = p.captures.get(l).ok_or_else(|| TrainError::Input {
+                    msg: format!("micro-batches captured different layers (`{}`)", c.name),
+                })?;
+                inputs.push(other.input.clone());
+                grads.push(other.output_grad.clone());
+            }
             Ok(LayerCapture {
                 name: c.name,
-                input: Tensor::cat(inputs, 0)?,
-                output_grad: Tensor::cat(grads, 0)?,
+                input: Tensor::cat(&inputs, 0)?,
+                output_grad: Tensor::cat(&grads, 0)?,
             })
         })
         .collect()

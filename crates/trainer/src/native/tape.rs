@@ -38,13 +38,7 @@ impl Dims {
             outputs: c.outputs(),
             depth: c.depth(),
             eps: c.ln_eps(),
-            attention: AttentionShape {
-                batch,
-                tokens,
-                heads: c.heads(),
-                head_dim: c.head_dim(),
-                causal: c.causal(),
-            },
+            attention: AttentionShape::new(batch, tokens, c.heads(), c.head_dim(), c.causal()),
             cls_only: matches!(c, ModelConfig::Vit(_)),
         }
     }

@@ -96,7 +96,7 @@ fn causal_mask(t: usize, like: &Tensor) -> candle_core::Result<Tensor> {
 
 /// The sizes of one attention call, checked.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Geometry {
+pub(crate) struct Geometry {
     batch: usize,
     tokens: usize,
     heads: usize,
@@ -107,8 +107,9 @@ pub(super) struct Geometry {
 }
 
 impl Geometry {
-    /// The geometry of `batch` sequences of `tokens` rows of `heads · head_dim` columns.
-    pub(super) fn new(
+    /// The geometry of `batch` sequences of `tokens` rows of `heads · head_dim` columns (`causal`:
+    /// row `i` attends to tokens `0..=i` only).
+    pub(crate) fn new(
         batch: usize,
         tokens: usize,
         heads: usize,
@@ -154,6 +155,11 @@ impl Geometry {
             scale: 1.0 / (head_dim as f64).sqrt(),
             causal,
         })
+    }
+
+    /// Elements of one `(B, T, H·d_h)` buffer.
+    pub(crate) fn len(&self) -> usize {
+        self.batch * self.tokens * self.width()
     }
 
     /// `H·d_h`, the row stride of q, k, v and the context.

@@ -5,7 +5,7 @@
 //! Every function takes rows of length `n` laid out contiguously; the output slices are as long as
 //! the inputs.
 
-use super::attention::{self, Geometry};
+use super::attention::{self};
 use super::gelu::{GeluBwd, GeluFwd};
 use super::kernels::{apply1_into, apply2_into};
 use super::layer_norm::{LayerNormBwd, LayerNormFwd};
@@ -30,43 +30,14 @@ pub(crate) fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     apply2_into(&GeluBwd, x, dy, x.len().max(1), dx);
 }
 
-/// The shape of one multi-head attention call: `batch` sequences of `tokens` rows, each row
-/// `heads · head_dim` wide with head `h` in columns `h·d_h .. (h+1)·d_h`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AttentionShape {
-    /// Sequences.
-    pub batch: usize,
-    /// Tokens per sequence.
-    pub tokens: usize,
-    /// Heads.
-    pub heads: usize,
-    /// Columns per head.
-    pub head_dim: usize,
-    /// Whether row `i` attends to tokens `0..=i` only.
-    pub causal: bool,
-}
-
-impl AttentionShape {
-    fn geometry(&self) -> Geometry {
-        Geometry::new(
-            self.batch,
-            self.tokens,
-            self.heads,
-            self.head_dim,
-            self.causal,
-        )
-    }
-
-    /// Elements of one `(B, T, H·d_h)` buffer.
-    pub(crate) fn len(&self) -> usize {
-        self.batch * self.tokens * self.heads * self.head_dim
-    }
-}
+/// The shape of one multi-head attention call ([`Geometry::new`]): `batch` sequences of `tokens`
+/// rows, each row `heads · head_dim` wide with head `h` in columns `h·d_h .. (h+1)·d_h`.
+pub(crate) use super::attention::Geometry as AttentionShape;
 
 /// `ctx_h = softmax(Q_h K_hᵀ/√d_h + M) V_h` for every sequence and head ([`super::attention`]).
 pub(crate) fn attention(s: &AttentionShape, q: &[f32], k: &[f32], v: &[f32], ctx: &mut [f32]) {
     check(s, &[q.len(), k.len(), v.len(), ctx.len()]);
-    attention::forward_into(&s.geometry(), q, k, v, ctx);
+    attention::forward_into(s, q, k, v, ctx);
 }
 
 /// The attention backward: `dq`, `dk`, `dv` from the context gradient `dc` (`P` recomputed).
@@ -93,7 +64,7 @@ pub(crate) fn attention_backward(
             dv.len(),
         ],
     );
-    attention::backward_into(&s.geometry(), q, k, v, dc, dq, dk, dv);
+    attention::backward_into(s, q, k, v, dc, dq, dk, dv);
 }
 
 /// The kernels index rows by the shape: every buffer must hold exactly one `(B, T, H·d_h)`.
