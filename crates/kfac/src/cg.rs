@@ -6,6 +6,45 @@ use candle_core::Tensor;
 use crate::error::Result;
 use crate::factors::frobenius;
 
+/// The vector-space operations CG needs, under the Frobenius inner product: implemented for
+/// tensors (any dtype and device) and for the host buffers of `f32` CPU layers.
+pub trait CgVector: Clone + Sized {
+    /// The zero vector of the same shape.
+    fn zeros_like(&self) -> Result<Self>;
+    /// `⟨self, other⟩`.
+    fn dot(&self, other: &Self) -> Result<f64>;
+    /// `self − other`.
+    fn minus(&self, other: &Self) -> Result<Self>;
+    /// `self ← self + α·x`.
+    fn add_scaled(&mut self, alpha: f64, x: &Self) -> Result<()>;
+    /// `self ← r + β·self`.
+    fn scale_add(&mut self, beta: f64, r: &Self) -> Result<()>;
+}
+
+impl CgVector for Tensor {
+    fn zeros_like(&self) -> Result<Self> {
+        Ok(Tensor::zeros_like(self)?)
+    }
+
+    fn dot(&self, other: &Self) -> Result<f64> {
+        frobenius(self, other)
+    }
+
+    fn minus(&self, other: &Self) -> Result<Self> {
+        Ok((self - other)?)
+    }
+
+    fn add_scaled(&mut self, alpha: f64, x: &Self) -> Result<()> {
+        *self = (&*self + (x * alpha)?)?;
+        Ok(())
+    }
+
+    fn scale_add(&mut self, beta: f64, r: &Self) -> Result<()> {
+        *self = (r + (&*self * beta)?)?;
+        Ok(())
+    }
+}
+
 /// Stopping rule and iteration cap of CG-FAC.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CgSettings {
@@ -17,9 +56,9 @@ pub struct CgSettings {
 
 /// What one CG solve did.
 #[derive(Debug, Clone)]
-pub struct CgOutcome {
+pub struct CgOutcome<V = Tensor> {
     /// The solution `X`, or `None` after a breakdown (the caller falls back to the gradient).
-    pub solution: Option<Tensor>,
+    pub solution: Option<V>,
     /// Iterations run (operator applications after the initial residual).
     pub iterations: usize,
     /// `ρ'/ρ₀` at exit (0 when the start was already exact).
@@ -31,17 +70,18 @@ pub struct CgOutcome {
 /// Solves `M(X) = b` from `x0` (warm start) or 0, MATH §5 exactly:
 /// `r = b − M(X); p = r; ρ = ρ₀ = ⟨r,r⟩`; each iteration `u = M(p); α = ρ/⟨p,u⟩; X += αp;
 /// r −= αu; ρ' = ⟨r,r⟩`; stop when `ρ'/ρ₀ < tol`; else `p = r + (ρ'/ρ)p`.
-pub fn conjugate_gradient(
-    op: impl Fn(&Tensor) -> Result<Tensor>,
-    b: &Tensor,
-    x0: Option<&Tensor>,
+/// Generic over [`CgVector`]: the same iteration on tensors and on host buffers.
+pub fn conjugate_gradient<V: CgVector>(
+    op: impl Fn(&V) -> Result<V>,
+    b: &V,
+    x0: Option<&V>,
     settings: CgSettings,
-) -> Result<CgOutcome> {
+) -> Result<CgOutcome<V>> {
     let (mut x, mut r) = match x0 {
-        Some(x0) => (x0.clone(), (b - op(x0)?)?),
+        Some(x0) => (x0.clone(), b.minus(&op(x0)?)?),
         None => (b.zeros_like()?, b.clone()),
     };
-    let rho0 = frobenius(&r, &r)?;
+    let rho0 = r.dot(&r)?;
     let broke = |iterations, rel| CgOutcome {
         solution: None,
         iterations,
@@ -64,15 +104,15 @@ pub fn conjugate_gradient(
     let mut iterations = 0;
     while iterations < settings.max_iters {
         let u = op(&p)?;
-        let pu = frobenius(&p, &u)?;
+        let pu = p.dot(&u)?;
         iterations += 1;
         if pu.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || !pu.is_finite() {
             return Ok(broke(iterations, rho / rho0));
         }
         let alpha = rho / pu;
-        x = (x + (&p * alpha)?)?;
-        r = (r - (&u * alpha)?)?;
-        let rho_new = frobenius(&r, &r)?;
+        x.add_scaled(alpha, &p)?;
+        r.add_scaled(-alpha, &u)?;
+        let rho_new = r.dot(&r)?;
         if !rho_new.is_finite() {
             return Ok(broke(iterations, f64::NAN));
         }
@@ -80,7 +120,7 @@ pub fn conjugate_gradient(
             rho = rho_new;
             break;
         }
-        p = (&r + (p * (rho_new / rho))?)?;
+        p.scale_add(rho_new / rho, &r)?;
         rho = rho_new;
     }
     if rho > rho0 {

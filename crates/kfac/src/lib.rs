@@ -71,6 +71,7 @@
 pub mod cg;
 pub mod error;
 pub mod factors;
+mod host;
 mod linalg;
 pub mod linear_op;
 pub mod optim;
@@ -80,7 +81,7 @@ pub mod tracked;
 #[cfg(test)]
 mod tests;
 
-pub use cg::{conjugate_gradient, CgOutcome, CgSettings};
+pub use cg::{conjugate_gradient, CgOutcome, CgSettings, CgVector};
 pub use error::{KfacError, Result};
 pub use factors::{kronecker_factors, kronecker_quadratic_form, CurvatureRows, WeightSharing};
 pub use linear_op::{fused_linear, fused_linear_supported};

@@ -1,6 +1,7 @@
 //! Host-side dense linear algebra with faer (sequential, `faer::Par::Seq`): symmetric
 //! eigendecompositions and SPD inverses of the Kronecker factors. Factors move from their tensor's
-//! device to the host as f64 and the results move back in the factor's dtype and device.
+//! device to the host as f64 and the results move back in the factor's dtype and device (or, for
+//! `f32` CPU factors, into `f32` host buffers: [`eigh_to_host`]).
 
 use candle_core::{DType, Tensor};
 use faer::diag::Diag;
@@ -84,27 +85,53 @@ pub(crate) struct Decomposed<T> {
 /// Jitter levels tried after a failed plain attempt.
 const JITTERS: [f64; 2] = [1e-6, 1e-3];
 
-/// Symmetric eigendecomposition `X = Q Λ Qᵀ` of a square tensor; eigenvalues clamped at 0 (the
-/// factors are PSD, small negative values are round-off). Returns `(Q, λ)` as tensors like `t`.
-pub(crate) fn eigh(t: &Tensor) -> Result<Decomposed<(Tensor, Tensor)>> {
-    let host = to_host(t)?;
+/// `X = Q Λ Qᵀ` of a symmetric host matrix, retried with [`JITTERS`]; eigenvalues clamped at 0
+/// (the factors are PSD, small negative values are round-off).
+fn eigh_with_retries(host: &Mat<f64>) -> Decomposed<(Mat<f64>, Vec<f64>)> {
     let mut jittered = false;
-    let mut res = finite(&host).then(|| eigh_host(&host)).flatten();
+    let mut res = finite(host).then(|| eigh_host(host)).flatten();
     for eps in JITTERS {
-        if res.is_some() || !finite(&host) {
+        if res.is_some() || !finite(host) {
             break;
         }
         jittered = true;
-        res = eigh_host(&jitter(&host, eps));
+        res = eigh_host(&jitter(host, eps));
     }
-    let value = match res {
-        Some((q, l)) => Some((
-            from_host(&q, t)?,
-            vec_like(l.into_iter().map(|v| v.max(0.0)).collect(), t)?,
-        )),
+    let value = res.map(|(q, l)| (q, l.into_iter().map(|v| v.max(0.0)).collect()));
+    Decomposed { value, jittered }
+}
+
+/// Symmetric eigendecomposition `X = Q Λ Qᵀ` of a square tensor in `f64` (see
+/// [`eigh_with_retries`]). Returns `(Q, λ)` as tensors like `t`.
+pub(crate) fn eigh(t: &Tensor) -> Result<Decomposed<(Tensor, Tensor)>> {
+    let d = eigh_with_retries(&to_host(t)?);
+    let value = match d.value {
+        Some((q, l)) => Some((from_host(&q, t)?, vec_like(l, t)?)),
         None => None,
     };
-    Ok(Decomposed { value, jittered })
+    Ok(Decomposed {
+        value,
+        jittered: d.jittered,
+    })
+}
+
+/// The same `f64` decomposition of an `f32` square tensor, returned as row-major `f32` host
+/// buffers `(Q, λ)` for the host solve: it skips the two tensor round trips of [`eigh`]. (An
+/// `f32` decomposition was measured no faster with faer at n = 64–129, docs/BENCHMARKS.md.)
+pub(crate) fn eigh_to_host(t: &Tensor) -> Result<Decomposed<(Vec<f32>, Vec<f32>)>> {
+    let n = t.dims()[0];
+    let d = eigh_with_retries(&to_host(t)?);
+    let value = d.value.map(|(q, l)| {
+        let mut rows = Vec::with_capacity(n * n);
+        for i in 0..n {
+            rows.extend((0..n).map(|j| q[(i, j)] as f32));
+        }
+        (rows, l.into_iter().map(|v| v as f32).collect())
+    });
+    Ok(Decomposed {
+        value,
+        jittered: d.jittered,
+    })
 }
 
 fn spd_inverse_host(m: &Mat<f64>) -> Option<Mat<f64>> {

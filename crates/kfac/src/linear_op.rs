@@ -10,8 +10,10 @@
 //! | forward | `y = x Wᵀ + b`: one GEMM accumulating onto rows pre-filled with `b` |
 //! | backward | `dx = dy W`, `dW = dyᵀ x` (two GEMMs), `db = Σ_rows dy` |
 //!
-//! The GEMMs are the `gemm` crate's, the kernels candle's own CPU matmul uses, called with the
-//! operands' strides (no transposed copies). The op exists for contiguous CPU `f32`/`f64` inputs;
+//! The GEMMs ([`gemm_into`]) are faer's on one thread (its x86 kernels, with AVX-512 where the
+//! CPU has it, run the model's small shapes 1.6–3× faster than the `gemm` crate here,
+//! docs/BENCHMARKS.md) and the `gemm` crate's, candle's own CPU matmul, when split across
+//! threads; both are called with the operands' strides (no transposed copies). The op exists for contiguous CPU `f32`/`f64` inputs;
 //! [`fused_linear_supported`] says when, and [`crate::TrackedLinear`] falls back to candle's
 //! composite ops elsewhere (CUDA, half precision).
 
@@ -101,10 +103,12 @@ impl<'a, T> MatrixView<'a, T> {
     }
 }
 
-/// `dst (r×c, row-major) = [dst +] lhs (r×k) · rhs (k×c)`, strides taken from the views: the
-/// `gemm` crate's kernel (candle's own CPU matmul) on `threads` threads of rayon's pool (1: on the
-/// calling thread). The threads split the output into tiles; every element's dot product is
-/// accumulated in the same order whatever the thread count.
+/// `dst (r×c, row-major) = [dst +] lhs (r×k) · rhs (k×c)`, strides taken from the views. On one
+/// thread (`threads ≤ 1`, on the calling thread) `f32`/`f64` products run faer's `matmul`
+/// (`Par::Seq`), which at the model's sizes (64–544 rows, 64–129 columns) is 1.6–3× faster on
+/// this machine class than the `gemm` crate (measured in docs/BENCHMARKS.md); on more threads,
+/// and for other types, the `gemm` crate's kernel (candle's own CPU matmul) splits the output
+/// into tiles on rayon's pool. Each path gives the same result whatever else runs beside it.
 ///
 /// With `accumulate` the product is added to what `dst` holds (a bias pre-filled into the rows, a
 /// residual stream), else it overwrites it.
@@ -147,6 +151,39 @@ pub fn gemm_into<T: WithDType>(
         }
         return;
     }
+    if threads <= 1 {
+        // SAFETY: as below; `T::DTYPE` names `T` exactly, so the casts are to `T` itself.
+        let done = unsafe {
+            match T::DTYPE {
+                DType::F32 => {
+                    faer_gemm::<f32>(
+                        dst.as_mut_ptr().cast(),
+                        (r, c, k),
+                        accumulate,
+                        lhs.cast(),
+                        rhs.cast(),
+                        1.0,
+                    );
+                    true
+                }
+                DType::F64 => {
+                    faer_gemm::<f64>(
+                        dst.as_mut_ptr().cast(),
+                        (r, c, k),
+                        accumulate,
+                        lhs.cast(),
+                        rhs.cast(),
+                        1.0,
+                    );
+                    true
+                }
+                _ => false,
+            }
+        };
+        if done {
+            return;
+        }
+    }
     // SAFETY: the extents above bound every access; `dst` is exclusively borrowed and does not
     // alias `lhs` or `rhs` (the borrow checker guarantees it: `dst` is `&mut`).
     unsafe {
@@ -172,6 +209,47 @@ pub fn gemm_into<T: WithDType>(
             parallelism(threads),
         )
     }
+}
+
+/// A view's pointer and strides, its element type renamed to `U`.
+type RawView<U> = (*const U, isize, isize);
+
+impl<T> MatrixView<'_, T> {
+    /// The pointer and (row, column) strides, cast to `U` (the caller ensures `U` is `T`).
+    fn cast<U>(self) -> RawView<U> {
+        (self.data.as_ptr().cast(), self.rs, self.cs)
+    }
+}
+
+/// `dst (r×c, row-major) = [dst +] alpha·lhs·rhs` by faer's `matmul` on the calling thread.
+///
+/// # Safety
+///
+/// `dst` must be valid for writes of `r·c` elements in row-major order, and each view valid for
+/// reads at every `i·rs + j·cs` inside its extent, none of them aliasing `dst` ([`gemm_into`]
+/// checks both before it calls this).
+unsafe fn faer_gemm<U: faer::traits::ComplexField>(
+    dst: *mut U,
+    (r, c, k): (usize, usize, usize),
+    accumulate: bool,
+    (lp, lrs, lcs): RawView<U>,
+    (rp, rrs, rcs): RawView<U>,
+    alpha: U,
+) {
+    // SAFETY: the caller's contract.
+    let (d, a, b) = unsafe {
+        (
+            faer::MatMut::from_raw_parts_mut(dst, r, c, c as isize, 1),
+            faer::MatRef::from_raw_parts(lp, r, k, lrs, lcs),
+            faer::MatRef::from_raw_parts(rp, k, c, rrs, rcs),
+        )
+    };
+    let accum = if accumulate {
+        faer::Accum::Add
+    } else {
+        faer::Accum::Replace
+    };
+    faer::linalg::matmul::matmul(d, accum, a, b, alpha, faer::Par::Seq);
 }
 
 /// The contiguous slice of `s` that `l` describes, or an error naming the op.

@@ -7,12 +7,13 @@ use std::time::Instant;
 use candle_core::{DType, Tensor, Var, D};
 use rand::Rng;
 
-use crate::cg::{conjugate_gradient, CgSettings};
+use crate::cg::{conjugate_gradient, CgSettings, CgVector};
 use crate::error::{KfacError, Result};
 use crate::factors::{
     all_finite, fold, frobenius, kronecker_quadratic_form, CurvatureRows, WeightSharing,
 };
-use crate::linalg::{damped_inverse, eigh};
+use crate::host::{on_host, Folded, HostEig, HostFactors};
+use crate::linalg::{damped_inverse, eigh, eigh_to_host};
 use crate::optim::{AdamW, AdamWConfig, GradientSource, NamedParams, Optimizer, SgdMomentum};
 use crate::tracked::{LayerCapture, TrackedLinear};
 
@@ -267,8 +268,9 @@ struct Eig {
     la: Tensor,
     qg: Tensor,
     lg: Tensor,
-    /// The same on the host in `f32` for the direct solve, made on first use (`None`: the
-    /// factors are not `f32` CPU tensors, and the solve uses candle ops).
+    /// The same on the host in `f32` for the direct solve: set by an `f32` refresh, or made on
+    /// first use after a state load (`None`: the factors are not `f32` CPU tensors, and the solve
+    /// uses candle ops).
     host: std::sync::OnceLock<Option<HostEig>>,
 }
 
@@ -283,13 +285,26 @@ impl Eig {
         }
     }
 
+    /// From the host buffers of an `f32` refresh, with tensors on the CPU for the state.
+    fn from_host(h: HostEig, (m, k): (usize, usize)) -> Result<Self> {
+        let cpu = &candle_core::Device::Cpu;
+        let e = Self::new(
+            Tensor::from_slice(&h.qa, (k, k), cpu)?,
+            Tensor::from_slice(&h.la, k, cpu)?,
+            Tensor::from_slice(&h.qg, (m, m), cpu)?,
+            Tensor::from_slice(&h.lg, m, cpu)?,
+        );
+        // A fresh cell: the set cannot fail.
+        let _ = e.host.set(Some(h));
+        Ok(e)
+    }
+
     fn host(&self) -> Option<&HostEig> {
         self.host
             .get_or_init(|| {
-                let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
                 if ![&self.qa, &self.la, &self.qg, &self.lg]
                     .into_iter()
-                    .all(cpu_f32)
+                    .all(on_host)
                 {
                     return None;
                 }
@@ -302,68 +317,6 @@ impl Eig {
                 })
             })
             .as_ref()
-    }
-}
-
-/// An eigenbasis pair as row-major `f32` host buffers: `Q_A` `k×k`, `λ_A` `k`, `Q_G` `m×m`, `λ_G` `m`.
-#[derive(Debug, Clone)]
-struct HostEig {
-    qa: Vec<f32>,
-    la: Vec<f32>,
-    qg: Vec<f32>,
-    lg: Vec<f32>,
-}
-
-impl HostEig {
-    /// `U = Q_G ((Q_Gᵀ ∇W̄ Q_A) ⊘ D) Q_Aᵀ` with `D_ij = (λ_G,i + s_G)(λ_A,j + s_A) + t`, for
-    /// `∇W̄` `m×k` row-major: four GEMMs ([`crate::linear_op::gemm_into`], on the calling thread)
-    /// and one elementwise pass, no tensor ops. `None` if the result is not finite.
-    fn solve(
-        &self,
-        grad: &[f32],
-        (m, k): (usize, usize),
-        shifts: (f64, f64, f64),
-    ) -> Option<Vec<f32>> {
-        use crate::linear_op::{gemm_into, MatrixView};
-        let (sa, sg, t) = shifts;
-        let mut t1 = vec![0.0f32; m * k];
-        let mut t2 = vec![0.0f32; m * k];
-        // t1 = Q_Gᵀ ∇W̄, t2 = t1 Q_A.
-        let qg_t = MatrixView::transposed(&self.qg, m);
-        gemm_into(
-            &mut t1,
-            (m, k, m),
-            false,
-            qg_t,
-            MatrixView::rows(grad, k),
-            1,
-        );
-        gemm_into(
-            &mut t2,
-            (m, k, k),
-            false,
-            MatrixView::rows(&t1, k),
-            MatrixView::rows(&self.qa, k),
-            1,
-        );
-        for (row, &lg) in t2.chunks_exact_mut(k).zip(&self.lg) {
-            let g = f64::from(lg) + sg;
-            for (x, &la) in row.iter_mut().zip(&self.la) {
-                *x = (f64::from(*x) / (g * (f64::from(la) + sa) + t)) as f32;
-            }
-        }
-        // t1 = Q_G t2, u = t1 Q_Aᵀ.
-        gemm_into(
-            &mut t1,
-            (m, k, m),
-            false,
-            MatrixView::rows(&self.qg, m),
-            MatrixView::rows(&t2, k),
-            1,
-        );
-        let qa_t = MatrixView::transposed(&self.qa, k);
-        gemm_into(&mut t2, (m, k, k), false, MatrixView::rows(&t1, k), qa_t, 1);
-        t2.iter().all(|v| v.is_finite()).then_some(t2)
     }
 }
 
@@ -415,6 +368,7 @@ fn fold_capture(layer: &mut LayerState, cap: &LayerCapture, cfg: &KfacConfig) ->
         };
         layer.a = Some(ema(&layer.a, a)?);
         layer.g = Some(ema(&layer.g, g)?);
+        layer.host_factors = None;
     }
     Ok(true)
 }
@@ -481,6 +435,29 @@ fn for_each_layer<I: Send, T: Send>(
     Ok(out)
 }
 
+/// CG on the operator `op(d)` (`d`: the damping), retried once on a breakdown with a cold start
+/// and the jittered damping `jittered` (ten times the damping): the solution, `None` when both
+/// broke down.
+fn solve_with_retry<V: CgVector, D: Copy, F: Fn(&V) -> Result<V>>(
+    op: impl Fn(D) -> F,
+    (damping, jittered): (D, D),
+    grad: &V,
+    warm: Option<&V>,
+    settings: CgSettings,
+    stats: &mut LayerStats,
+) -> Result<Option<V>> {
+    let mut out = conjugate_gradient(op(damping), grad, warm, settings)?;
+    stats.cg_iterations.push(out.iterations);
+    if out.breakdown {
+        stats.cg_breakdowns += 1;
+        out = conjugate_gradient(op(jittered), grad, None, settings)?;
+        if out.breakdown {
+            stats.cg_breakdowns += 1;
+        }
+    }
+    Ok(out.solution)
+}
+
 #[derive(Debug)]
 struct LayerState {
     spec: PreconditionedLayer,
@@ -492,7 +469,13 @@ struct LayerState {
     rows: Option<CurvatureRows>,
     eig: Option<Eig>,
     inv: Option<Inv>,
-    warm: Option<Tensor>,
+    /// The last CG solution, the next solve's start.
+    warm: Option<Folded>,
+    /// `A` and `G` on the host for the CG operator of `f32` CPU layers, made from the factors on
+    /// the first solve after each refresh.
+    host_factors: Option<HostFactors>,
+    /// The host eigen solve's `D⁻¹` and the shifts it was made for (reset with the eigenbasis).
+    inverse_denominators: Option<((f64, f64, f64), Vec<f32>)>,
 }
 
 impl LayerState {
@@ -508,7 +491,20 @@ impl LayerState {
             return Ok(());
         };
         stats.refreshed_inverses += 1;
+        layer.inverse_denominators = None;
         match cfg.solver {
+            Solver::Eigen if on_host(a) && on_host(g) => {
+                let ea = eigh_to_host(a)?;
+                let eg = eigh_to_host(g)?;
+                stats.decomposition_failures += usize::from(ea.jittered) + usize::from(eg.jittered);
+                layer.eig = match (ea.value, eg.value) {
+                    (Some((qa, la)), Some((qg, lg))) => Some(Eig::from_host(
+                        HostEig { qa, la, qg, lg },
+                        (layer.m, layer.k),
+                    )?),
+                    _ => None,
+                };
+            }
             Solver::Eigen => {
                 let ea = eigh(a)?;
                 let eg = eigh(g)?;
@@ -540,56 +536,65 @@ impl LayerState {
         Ok(())
     }
 
-    /// This layer's preconditioned gradient, `None` to fall back to the plain gradient.
+    /// This layer's preconditioned gradient, `None` to fall back to the plain gradient. A host
+    /// gradient ([`Folded::Host`]) is solved on the host where the solver has a host path
+    /// (eigen, CG on the factors) and through tensors otherwise.
     fn solve(
         &mut self,
         cfg: &KfacConfig,
         damping: f64,
-        grad: &Tensor,
+        grad: &Folded,
         refresh_inv: bool,
         stats: &mut LayerStats,
-    ) -> Result<Option<Tensor>> {
+    ) -> Result<Option<Folded>> {
         if !self.has_curvature() {
             // No curvature yet: the plain gradient, not counted as a fallback.
             return Ok(Some(grad.clone()));
         }
         let kind = cfg.damping_kind;
+        // `(s_A, s_G, t)`: shifts of the factors' eigenvalues and the added multiple of `X`.
+        let shifts = match kind {
+            DampingKind::Tikhonov => (0.0, 0.0, damping),
+            DampingKind::Factored => {
+                let (da, dg) = self.factored_shifts(damping);
+                (da, dg, 0.0)
+            }
+        };
         match cfg.solver {
             Solver::Eigen => {
                 if refresh_inv || self.eig.is_none() {
                     self.refresh(cfg, damping, stats)?;
                 }
-                let layer = &*self;
-                let Some(e) = &layer.eig else { return Ok(None) };
-                if let (Some(h), true) = (e.host(), grad.dtype() == DType::F32) {
-                    let (m, k) = grad.dims2()?;
-                    let (sa, sg, t) = match kind {
-                        DampingKind::Tikhonov => (0.0, 0.0, damping),
-                        DampingKind::Factored => {
-                            let (da, dg) = layer.factored_shifts(damping);
-                            (da, dg, 0.0)
-                        }
-                    };
-                    let g = grad.flatten_all()?.to_vec1::<f32>()?;
-                    return Ok(match h.solve(&g, (m, k), (sa, sg, t)) {
-                        Some(u) => Some(Tensor::from_vec(u, (m, k), grad.device())?),
-                        None => None,
-                    });
+                let Some(e) = &self.eig else { return Ok(None) };
+                if let (Some(h), Folded::Host { data, rows, cols }) = (e.host(), grad) {
+                    let fresh = matches!(&self.inverse_denominators, Some((s, _)) if *s == shifts);
+                    if !fresh {
+                        self.inverse_denominators = Some((shifts, h.inverse_denominators(shifts)));
+                    }
+                    let inv_d = self
+                        .inverse_denominators
+                        .as_ref()
+                        .map_or(&[][..], |(_, d)| d);
+                    return Ok(h.solve(data, (*rows, *cols), inv_d).map(|u| Folded::Host {
+                        data: u,
+                        rows: *rows,
+                        cols: *cols,
+                    }));
                 }
+                let grad = grad.to_tensor()?.to_dtype(e.qa.dtype())?;
                 let (la, lg) = match kind {
                     DampingKind::Tikhonov => (e.la.clone(), e.lg.clone()),
-                    DampingKind::Factored => {
-                        let (da, dg) = layer.factored_shifts(damping);
-                        ((&e.la + da)?, (&e.lg + dg)?)
-                    }
+                    DampingKind::Factored => ((&e.la + shifts.0)?, (&e.lg + shifts.1)?),
                 };
                 let mut denom = lg.unsqueeze(1)?.broadcast_mul(&la.unsqueeze(0)?)?;
                 if kind == DampingKind::Tikhonov {
                     denom = (denom + damping)?;
                 }
-                let rotated = e.qg.t()?.matmul(grad)?.matmul(&e.qa)?;
+                let rotated = e.qg.t()?.matmul(&grad)?.matmul(&e.qa)?;
                 let scaled = (rotated / denom)?;
-                Ok(Some(e.qg.matmul(&scaled)?.matmul(&e.qa.t()?)?))
+                Ok(Some(Folded::Tensor(
+                    e.qg.matmul(&scaled)?.matmul(&e.qa.t()?)?,
+                )))
             }
             Solver::Inverse => {
                 let stale = self.inv.as_ref().is_none_or(|v| v.damping != damping);
@@ -599,32 +604,71 @@ impl LayerState {
                 let Some(v) = &self.inv else {
                     return Ok(None);
                 };
-                Ok(Some(v.g_inv.matmul(grad)?.matmul(&v.a_inv)?))
+                Ok(Some(Folded::Tensor(
+                    v.g_inv.matmul(&grad.to_tensor()?)?.matmul(&v.a_inv)?,
+                )))
             }
             Solver::CgFactor | Solver::CgMatrixFree => {
                 let settings = CgSettings {
                     tol: cfg.cg_tol,
                     max_iters: cfg.cg_max_iters,
                 };
-                let layer = &*self;
+                if cfg.solver == Solver::CgFactor && self.host_factors.is_none() {
+                    if let (Some(a), Some(g)) = (&self.a, &self.g) {
+                        self.host_factors = HostFactors::new(a, g)?;
+                    }
+                }
                 let warm = if cfg.warm_start {
-                    layer.warm.as_ref().filter(|w| w.dims() == grad.dims())
+                    self.warm.as_ref()
                 } else {
                     None
                 };
-                let mut out =
-                    conjugate_gradient(|x| layer.apply_m(x, damping, kind), grad, warm, settings)?;
-                stats.cg_iterations.push(out.iterations);
-                if out.breakdown {
-                    // Jitter and retry: cold start, ten times the damping.
-                    stats.cg_breakdowns += 1;
-                    let jd = 10.0 * damping;
-                    out = conjugate_gradient(|x| layer.apply_m(x, jd, kind), grad, None, settings)?;
-                    if out.breakdown {
-                        stats.cg_breakdowns += 1;
+                let sol = match (&self.host_factors, grad, cfg.solver) {
+                    (Some(f), Folded::Host { data, rows, cols }, Solver::CgFactor) => {
+                        let warm = match warm {
+                            Some(Folded::Host { data: w, .. }) if w.len() == data.len() => Some(w),
+                            _ => None,
+                        };
+                        let jd = (shifts.0, shifts.1, 10.0 * shifts.2);
+                        let jittered = match kind {
+                            DampingKind::Tikhonov => jd,
+                            DampingKind::Factored => {
+                                let (da, dg) = self.factored_shifts(10.0 * damping);
+                                (da, dg, 0.0)
+                            }
+                        };
+                        let sol = solve_with_retry(
+                            |s| move |x: &Vec<f32>| Ok(f.apply(x, s)),
+                            (shifts, jittered),
+                            data,
+                            warm,
+                            settings,
+                            stats,
+                        )?;
+                        sol.map(|u| Folded::Host {
+                            data: u,
+                            rows: *rows,
+                            cols: *cols,
+                        })
                     }
-                }
-                let sol = out.solution;
+                    _ => {
+                        let layer = &*self;
+                        let g = grad.to_tensor()?;
+                        let warm = match warm.map(Folded::to_tensor).transpose()? {
+                            Some(w) if w.dims() == g.dims() => Some(w),
+                            _ => None,
+                        };
+                        let sol = solve_with_retry(
+                            |d| move |x: &Tensor| layer.apply_m(x, d, kind),
+                            (damping, 10.0 * damping),
+                            &g,
+                            warm.as_ref(),
+                            settings,
+                            stats,
+                        )?;
+                        sol.map(Folded::Tensor)
+                    }
+                };
                 self.warm = sol.clone();
                 Ok(sol)
             }
@@ -730,6 +774,8 @@ impl Preconditioner {
                 eig: None,
                 inv: None,
                 warm: None,
+                host_factors: None,
+                inverse_denominators: None,
             });
         }
         let damping = cfg.damping;
@@ -872,22 +918,23 @@ impl Preconditioner {
                 (Some(b), None) => Some(b.zeros_like()?),
                 (_, gb) => gb,
             };
-            jobs.push((i, layer, fold(&gw, gb.as_ref())?));
+            jobs.push((i, layer, (gw, gb)));
         }
         let (cfg, damping) = (self.cfg, self.damping);
-        let results = for_each_layer(jobs, self.threads, |_, layer, grad| {
+        let results = for_each_layer(jobs, self.threads, |_, layer, (gw, gb)| {
+            let grad = Folded::from_gradients(&gw, gb.as_ref())?;
             let mut ls = LayerStats::default();
-            if !all_finite(&grad)? {
+            if !grad.all_finite()? {
                 return Ok((grad, None, ls, true));
             }
             let u = layer.solve(&cfg, damping, &grad, refresh_inv, &mut ls)?;
             let u = match u {
-                Some(u) if all_finite(&u)? => Some(u),
+                Some(u) if u.all_finite()? => Some(u),
                 _ => None,
             };
             Ok((grad, u, ls, false))
         })?;
-        let mut solved: Vec<(usize, Tensor, Tensor)> = Vec::new();
+        let mut solved: Vec<(usize, Folded, Folded)> = Vec::new();
         let mut cg_iters: Vec<usize> = Vec::new();
         for (i, (grad, u, ls, skipped)) in results {
             ls.merge_into(&mut stats, &mut cg_iters);
@@ -912,7 +959,7 @@ impl Preconditioner {
         if let Some(c) = self.cfg.kl_clip {
             let mut vg = 0.0;
             for (_, g, u) in &solved {
-                vg += frobenius(u, g)?;
+                vg += u.dot(g)?;
             }
             let vg = vg * self.cfg.lr * self.cfg.lr;
             if vg > 0.0 && vg.is_finite() {
@@ -922,21 +969,11 @@ impl Preconditioner {
         let mut out = HashMap::new();
         for (i, _, u) in solved {
             let spec = &self.layers[i].spec;
-            let u = if stats.kl_scale < 1.0 {
-                (u * stats.kl_scale)?
-            } else {
-                u
-            };
             let n = spec.weight.dims()[1];
-            out.insert(
-                format!("{}.weight", spec.name),
-                u.narrow(1, 0, n)?.contiguous()?,
-            );
-            if spec.bias.is_some() {
-                out.insert(
-                    format!("{}.bias", spec.name),
-                    u.narrow(1, n, 1)?.squeeze(1)?,
-                );
+            let (w, b) = u.into_parts(n, spec.bias.is_some(), stats.kl_scale)?;
+            out.insert(format!("{}.weight", spec.name), w);
+            if let Some(b) = b {
+                out.insert(format!("{}.bias", spec.name), b);
             }
         }
         stats.time_solve = t1.elapsed().as_secs_f64();
@@ -1015,7 +1052,7 @@ impl Preconditioner {
                 out.push((format!("{p}.inv.damping"), Tensor::new(&[v.damping], &dev)?));
             }
             if let Some(w) = &l.warm {
-                out.push((format!("{p}.warm"), w.clone()));
+                out.push((format!("{p}.warm"), w.to_tensor()?));
             }
             if let Some(r) = &l.rows {
                 out.push((format!("{p}.rows.a"), r.a_rows.clone()));
@@ -1099,7 +1136,16 @@ impl Preconditioner {
                 None
             };
             let warm = if on(3) {
-                Some(shaped(format!("{p}.warm"), &[m, k])?)
+                let w = shaped(format!("{p}.warm"), &[m, k])?;
+                Some(if on_host(&w) {
+                    Folded::Host {
+                        data: w.flatten_all()?.to_vec1::<f32>()?,
+                        rows: m,
+                        cols: k,
+                    }
+                } else {
+                    Folded::Tensor(w)
+                })
             } else {
                 None
             };
@@ -1121,6 +1167,8 @@ impl Preconditioner {
         for (l, (a, g, traces, eig, inv, warm, rows)) in self.layers.iter_mut().zip(layers_new) {
             (l.a, l.g, l.traces, l.eig, l.inv, l.warm, l.rows) =
                 (a, g, traces, eig, inv, warm, rows);
+            l.host_factors = None;
+            l.inverse_denominators = None;
         }
         self.step = step.first().copied().unwrap_or(0.0) as u64;
         self.damping = damping.first().copied().unwrap_or(self.cfg.damping);
@@ -1336,7 +1384,8 @@ mod host_solve_tests {
         let host = e.host().expect("f32 CPU factors have a host copy");
         for (sa, sg, tk) in [(0.0, 0.0, 0.05), (0.3, 0.02, 0.0)] {
             let g = grad.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let u = host.solve(&g, (m, k), (sa, sg, tk)).unwrap();
+            let inv_d = host.inverse_denominators((sa, sg, tk));
+            let u = host.solve(&g, (m, k), &inv_d).unwrap();
             let denom = ((&lg + sg).unwrap().unsqueeze(1).unwrap())
                 .broadcast_mul(&(&la + sa).unwrap().unsqueeze(0).unwrap())
                 .unwrap();
@@ -1359,10 +1408,8 @@ mod host_solve_tests {
         // A singular denominator gives a non-finite result, reported as None.
         let g = vec![1.0f32; m * k];
         let zero = Eig::new(qa, la.zeros_like().unwrap(), qg, lg);
-        assert!(zero
-            .host()
-            .unwrap()
-            .solve(&g, (m, k), (0.0, 0.0, 0.0))
-            .is_none());
+        let h = zero.host().unwrap();
+        let inv_d = h.inverse_denominators((0.0, 0.0, 0.0));
+        assert!(h.solve(&g, (m, k), &inv_d).is_none());
     }
 }

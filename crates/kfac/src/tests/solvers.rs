@@ -25,16 +25,21 @@ struct Case {
 }
 
 fn case(seed: u64, rows: usize) -> Result<Case> {
+    sized_case(seed, rows, (M, N_IN))
+}
+
+/// A layer `m × n` with a bias, a capture of `rows` samples and a gradient, all f64.
+fn sized_case(seed: u64, rows: usize, (m, n): (usize, usize)) -> Result<Case> {
     let mut r = rng(seed);
-    let weight = Var::from_tensor(&randn(&mut r, &[M, N_IN])?)?;
-    let bias = Var::from_tensor(&randn(&mut r, &[M])?)?;
+    let weight = Var::from_tensor(&randn(&mut r, &[m, n])?)?;
+    let bias = Var::from_tensor(&randn(&mut r, &[m])?)?;
     let capture = LayerCapture {
         name: "l".into(),
-        input: randn(&mut r, &[rows, N_IN])?,
-        output_grad: (randn(&mut r, &[rows, M])? * 0.3)?,
+        input: randn(&mut r, &[rows, n])?,
+        output_grad: (randn(&mut r, &[rows, m])? * 0.3)?,
     };
-    let gw = randn(&mut r, &[M, N_IN])?;
-    let gb = randn(&mut r, &[M])?;
+    let gw = randn(&mut r, &[m, n])?;
+    let gb = randn(&mut r, &[m])?;
     let grad = host(&Tensor::cat(&[&gw, &gb.unsqueeze(1)?], 1)?)?;
     let grads = HashMap::from([("l.weight".to_string(), gw), ("l.bias".to_string(), gb)]);
     let (a, g) = kronecker_factors(&capture, WeightSharing::Expand)?;
@@ -63,7 +68,7 @@ fn precondition(c: &Case, cfg: KfacConfig) -> Result<(Mat<f64>, crate::KfacStepS
     let mut p = Preconditioner::new(vec![c.layer.clone()], cfg)?;
     let (out, stats) = p.step(&c.grads, std::slice::from_ref(&c.capture))?;
     let u = Tensor::cat(&[&out["l.weight"], &out["l.bias"].unsqueeze(1)?], 1)?;
-    Ok((host(&u)?, stats))
+    Ok((host(&u.to_dtype(candle_core::DType::F64)?)?, stats))
 }
 
 fn pi_shifts(a: &Mat<f64>, g: &Mat<f64>, damping: f64) -> (f64, f64) {
@@ -72,17 +77,63 @@ fn pi_shifts(a: &Mat<f64>, g: &Mat<f64>, damping: f64) -> (f64, f64) {
     (pi * damping.sqrt(), damping.sqrt() / pi)
 }
 
+/// The damped system `A ⊗ G + λI` (Tikhonov) or `(A + δ_A I) ⊗ (G + δ_G I)` (factored).
+fn dense_system(c: &Case, kind: DampingKind, damping: f64) -> Mat<f64> {
+    match kind {
+        DampingKind::Tikhonov => add_diag(&kron(&c.a, &c.g), damping),
+        DampingKind::Factored => {
+            let (da, dg) = pi_shifts(&c.a, &c.g, damping);
+            kron(&add_diag(&c.a, da), &add_diag(&c.g, dg))
+        }
+    }
+}
+
+/// Dense `(system)⁻¹ vec ∇W̄` as an `m × (n+1)` matrix.
+fn dense_preconditioned(c: &Case, kind: DampingKind, damping: f64) -> Mat<f64> {
+    let k = dense_system(c, kind, damping);
+    unvec(
+        &dense_solve(&k, &vec_col(&c.grad)),
+        c.grad.nrows(),
+        c.grad.ncols(),
+    )
+}
+
 /// Dense `(A ⊗ G + λI)⁻¹ vec ∇W̄`.
 fn dense_tikhonov(c: &Case, damping: f64) -> Mat<f64> {
-    let k = add_diag(&kron(&c.a, &c.g), damping);
-    unvec(&dense_solve(&k, &vec_col(&c.grad)), M, N_IN + 1)
+    dense_preconditioned(c, DampingKind::Tikhonov, damping)
 }
 
 /// Dense `((A + δ_A I) ⊗ (G + δ_G I))⁻¹ vec ∇W̄`.
 fn dense_factored(c: &Case, damping: f64) -> Mat<f64> {
-    let (da, dg) = pi_shifts(&c.a, &c.g, damping);
-    let k = kron(&add_diag(&c.a, da), &add_diag(&c.g, dg));
-    unvec(&dense_solve(&k, &vec_col(&c.grad)), M, N_IN + 1)
+    dense_preconditioned(c, DampingKind::Factored, damping)
+}
+
+/// The case with every tensor rounded to f32: layers the preconditioner solves on the host.
+fn to_f32(c: &Case) -> Result<Case> {
+    let f = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
+    Ok(Case {
+        layer: PreconditionedLayer {
+            name: c.layer.name.clone(),
+            weight: Var::from_tensor(&f(c.layer.weight.as_tensor())?)?,
+            bias: match &c.layer.bias {
+                Some(b) => Some(Var::from_tensor(&f(b.as_tensor())?)?),
+                None => None,
+            },
+        },
+        capture: LayerCapture {
+            name: c.capture.name.clone(),
+            input: f(&c.capture.input)?,
+            output_grad: f(&c.capture.output_grad)?,
+        },
+        grads: c
+            .grads
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), f(v)?)))
+            .collect::<Result<_>>()?,
+        grad: c.grad.clone(),
+        a: c.a.clone(),
+        g: c.g.clone(),
+    })
 }
 
 fn rel(x: &Mat<f64>, y: &Mat<f64>) -> f64 {
@@ -167,6 +218,80 @@ fn cg_default_tolerance_lands_within_its_residual_bound() -> Result<()> {
     assert!(ratio < cfg.cg_tol, "relative squared residual {ratio}");
     // It is an inexact solve: not already the exact answer.
     assert!(rel(&u, &dense_tikhonov(&c, damping)) > 1e-8);
+    Ok(())
+}
+
+/// `f32` CPU layers take the host path (f64 eigenbases kept as f32 buffers, host GEMMs, host CG) on a
+/// layer large enough that the GEMMs block (24 × 33 folded). The requirement is that f32 is
+/// accurate enough for K-FAC: each solver's and damping kind's distance to the dense f64 solve of
+/// the f64 case stays below what a 1 % change of the damping `λ` (a hyperparameter, the least
+/// precise input of the step) does to that dense solve. The worst-case forward-error bound
+/// `κ·n·ε_f32` (κ = 600 here) is 400× looser than this and would pass a wrong damping.
+#[test]
+fn f32_host_path_matches_dense_f64_solve() -> Result<()> {
+    let c64 = sized_case(15, 60, (24, 32))?;
+    let c32 = to_f32(&c64)?;
+    let damping = 1e-2;
+    for kind in [DampingKind::Tikhonov, DampingKind::Factored] {
+        let want = dense_preconditioned(&c64, kind, damping);
+        let tol = rel(&dense_preconditioned(&c64, kind, 1.01 * damping), &want);
+        for solver in [Solver::Eigen, Solver::CgFactor] {
+            let cfg = KfacConfig {
+                cg_tol: 1e-12,
+                cg_max_iters: 400,
+                ..tight(solver, kind, damping)
+            };
+            let (u32, stats) = precondition(&c32, cfg)?;
+            assert_eq!(stats.fallbacks, 0, "{solver:?} {kind:?}: {stats:?}");
+            let e = rel(&u32, &want);
+            assert!(
+                e < tol,
+                "{solver:?} {kind:?}: relative error {e}, tolerance {tol}"
+            );
+            // The f32 path is an f32 solve, not the f64 one: the error is above f64 rounding.
+            assert!(e > 1e-12, "{solver:?} {kind:?}: relative error {e}");
+        }
+    }
+    Ok(())
+}
+
+/// The generic CG gives the same iterates on host buffers as on tensors: same iteration count
+/// and the same solution to f32 rounding.
+#[test]
+fn cg_on_host_buffers_matches_cg_on_tensors() -> Result<()> {
+    let mut r = rng(16);
+    let (m, k) = (7, 9);
+    let ra = randn(&mut r, &[20, k])?.to_dtype(candle_core::DType::F32)?;
+    let rg = randn(&mut r, &[20, m])?.to_dtype(candle_core::DType::F32)?;
+    let a = ra.t()?.matmul(&ra)?;
+    let g = rg.t()?.matmul(&rg)?;
+    let b = randn(&mut r, &[m, k])?.to_dtype(candle_core::DType::F32)?;
+    let damping = 0.1;
+    let s = CgSettings {
+        tol: 1e-6,
+        max_iters: 50,
+    };
+    let op_t = |x: &Tensor| -> Result<Tensor> { Ok((g.matmul(x)?.matmul(&a)? + (x * damping)?)?) };
+    let want = conjugate_gradient(op_t, &b, None, s)?;
+    let factors = crate::host::HostFactors::new(&a, &g)?.expect("f32 CPU factors");
+    let op_h = |x: &Vec<f32>| -> Result<Vec<f32>> { Ok(factors.apply(x, (0.0, 0.0, damping))) };
+    let bh = b.flatten_all()?.to_vec1::<f32>()?;
+    let got = conjugate_gradient(op_h, &bh, None, s)?;
+    assert!(!want.breakdown && !got.breakdown);
+    assert_eq!(got.iterations, want.iterations);
+    let wv = want
+        .solution
+        .expect("solution")
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let gv = got.solution.expect("solution");
+    let scale = wv.iter().fold(0.0f32, |s, v| s.max(v.abs()));
+    let diff = wv
+        .iter()
+        .zip(&gv)
+        .fold(0.0f32, |d, (x, y)| d.max((x - y).abs()));
+    // Both are f32 CG runs of the same iteration; they differ only in summation order.
+    assert!(diff / scale < 1e-3, "relative difference {}", diff / scale);
     Ok(())
 }
 

@@ -1,0 +1,410 @@
+//! The per-step algebra of `f32` CPU layers on plain host buffers: the folded gradient, the eigen
+//! solve and the CG-FAC operator as row-major `Vec<f32>` matrices and [`gemm_into`] calls, where
+//! the same work as candle tensor ops costs about ten small allocations and kernel launches per
+//! layer and solve (measured in docs/BENCHMARKS.md). Every other dtype and device keeps the tensor
+//! path of [`crate::precond`], which these functions are tested against.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::cg::CgVector;
+use crate::error::Result;
+use crate::factors::{fold, frobenius};
+use crate::linear_op::{gemm_into, MatrixView};
+
+/// A layer's folded gradient or update `[∇W ∇b]` (`m × k`): on the host for `f32` CPU layers,
+/// a tensor otherwise.
+#[derive(Debug, Clone)]
+pub(crate) enum Folded {
+    /// Row-major `m × k` values.
+    Host {
+        /// The values.
+        data: Vec<f32>,
+        /// Rows `m`.
+        rows: usize,
+        /// Columns `k` (`n + 1` with a bias).
+        cols: usize,
+    },
+    /// Any dtype and device.
+    Tensor(Tensor),
+}
+
+/// Whether `t` is an `f32` tensor in CPU memory, whose layers run on the host path.
+pub(crate) fn on_host(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+impl Folded {
+    /// `[∇W ∇b]` from a weight gradient `m × n` and an optional bias gradient `m`: on the host
+    /// when both are `f32` on the CPU (one pass that also interleaves the bias column).
+    pub(crate) fn from_gradients(gw: &Tensor, gb: Option<&Tensor>) -> Result<Self> {
+        if !(on_host(gw) && gb.is_none_or(on_host)) {
+            return Ok(Self::Tensor(fold(gw, gb)?));
+        }
+        let (m, n) = gw.dims2()?;
+        let w = gw.flatten_all()?.to_vec1::<f32>()?;
+        let Some(gb) = gb else {
+            return Ok(Self::Host {
+                data: w,
+                rows: m,
+                cols: n,
+            });
+        };
+        let b = gb.flatten_all()?.to_vec1::<f32>()?;
+        let k = n + 1;
+        let mut data = vec![0.0f32; m * k];
+        for ((row, wr), &bi) in data
+            .chunks_exact_mut(k)
+            .zip(w.chunks_exact(n.max(1)))
+            .zip(&b)
+        {
+            row[..n].copy_from_slice(&wr[..n]);
+            row[n] = bi;
+        }
+        Ok(Self::Host {
+            data,
+            rows: m,
+            cols: k,
+        })
+    }
+
+    /// The values as a tensor (`m × k` on the CPU for the host variant).
+    pub(crate) fn to_tensor(&self) -> Result<Tensor> {
+        Ok(match self {
+            Self::Host { data, rows, cols } => {
+                Tensor::from_slice(data, (*rows, *cols), &Device::Cpu)?
+            }
+            Self::Tensor(t) => t.clone(),
+        })
+    }
+
+    /// Whether every entry is finite.
+    pub(crate) fn all_finite(&self) -> Result<bool> {
+        match self {
+            Self::Host { data, .. } => Ok(all_finite(data)),
+            Self::Tensor(t) => crate::factors::all_finite(t),
+        }
+    }
+
+    /// `⟨self, other⟩` (Frobenius), accumulated in `f64` on the host.
+    pub(crate) fn dot(&self, other: &Folded) -> Result<f64> {
+        match (self, other) {
+            (Self::Host { data: x, .. }, Self::Host { data: y, .. }) => Ok(dot(x, y)),
+            _ => frobenius(&self.to_tensor()?, &other.to_tensor()?),
+        }
+    }
+
+    /// `ν·U` split into the weight part `m × n` and the bias column `m` (when `bias`).
+    pub(crate) fn into_parts(
+        self,
+        n: usize,
+        bias: bool,
+        scale: f64,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        match self {
+            Self::Host { data, rows, cols } => {
+                let s = scale as f32;
+                let scaled = |v: f32| if scale < 1.0 { v * s } else { v };
+                let mut w = Vec::with_capacity(rows * n);
+                let mut b = Vec::with_capacity(if bias { rows } else { 0 });
+                for row in data.chunks_exact(cols.max(1)) {
+                    w.extend(row[..n].iter().map(|&v| scaled(v)));
+                    if bias {
+                        b.push(scaled(row[n]));
+                    }
+                }
+                let w = Tensor::from_vec(w, (rows, n), &Device::Cpu)?;
+                let b = if bias {
+                    Some(Tensor::from_vec(b, rows, &Device::Cpu)?)
+                } else {
+                    None
+                };
+                Ok((w, b))
+            }
+            Self::Tensor(u) => {
+                let u = if scale < 1.0 { (u * scale)? } else { u };
+                let w = u.narrow(1, 0, n)?.contiguous()?;
+                let b = if bias {
+                    Some(u.narrow(1, n, 1)?.squeeze(1)?)
+                } else {
+                    None
+                };
+                Ok((w, b))
+            }
+        }
+    }
+}
+
+/// `Σ xᵢyᵢ` accumulated in `f64`, in eight interleaved partial sums (which the compiler
+/// vectorises; a single running sum cannot be reordered).
+pub(crate) fn dot(x: &[f32], y: &[f32]) -> f64 {
+    let n = x.len().min(y.len());
+    let (x, y) = (&x[..n], &y[..n]);
+    let mut acc = [0.0f64; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f64 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+        .sum();
+    for (a, b) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] += f64::from(a[l]) * f64::from(b[l]);
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// Whether every value is finite: `0·x` is NaN exactly for NaN and ±∞, and a sum of zeros stays 0
+/// (a branch-free pass the compiler vectorises, unlike a short-circuiting search).
+pub(crate) fn all_finite(x: &[f32]) -> bool {
+    let mut acc = [0.0f32; 8];
+    let c = x.chunks_exact(8);
+    let tail = c.remainder().iter().fold(0.0f32, |s, &v| s + 0.0 * v);
+    for a in c {
+        for l in 0..8 {
+            acc[l] += 0.0 * a[l];
+        }
+    }
+    (acc.iter().sum::<f32>() + tail) == 0.0
+}
+
+impl CgVector for Vec<f32> {
+    fn zeros_like(&self) -> Result<Self> {
+        Ok(vec![0.0; self.len()])
+    }
+
+    fn dot(&self, other: &Self) -> Result<f64> {
+        Ok(dot(self, other))
+    }
+
+    fn minus(&self, other: &Self) -> Result<Self> {
+        Ok(self.iter().zip(other).map(|(a, b)| a - b).collect())
+    }
+
+    fn add_scaled(&mut self, alpha: f64, x: &Self) -> Result<()> {
+        let a = alpha as f32;
+        for (s, &v) in self.iter_mut().zip(x) {
+            *s += a * v;
+        }
+        Ok(())
+    }
+
+    fn scale_add(&mut self, beta: f64, r: &Self) -> Result<()> {
+        let b = beta as f32;
+        for (s, &v) in self.iter_mut().zip(r) {
+            *s = v + b * *s;
+        }
+        Ok(())
+    }
+}
+
+/// An eigenbasis pair as row-major `f32` host buffers: `Q_A` `k×k`, `λ_A` `k`, `Q_G` `m×m`, `λ_G` `m`.
+#[derive(Debug, Clone)]
+pub(crate) struct HostEig {
+    pub(crate) qa: Vec<f32>,
+    pub(crate) la: Vec<f32>,
+    pub(crate) qg: Vec<f32>,
+    pub(crate) lg: Vec<f32>,
+}
+
+impl HostEig {
+    /// `D⁻¹` elementwise, `m×k` row-major, with `D_ij = (λ_G,i + s_G)(λ_A,j + s_A) + t` for the
+    /// shifts `(s_A, s_G, t)`: computed in `f64`, kept in `f32` until the eigenbasis or the
+    /// damping changes.
+    pub(crate) fn inverse_denominators(&self, (sa, sg, t): (f64, f64, f64)) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.lg.len() * self.la.len());
+        for &lg in &self.lg {
+            let g = f64::from(lg) + sg;
+            out.extend(
+                self.la
+                    .iter()
+                    .map(|&la| (1.0 / (g * (f64::from(la) + sa) + t)) as f32),
+            );
+        }
+        out
+    }
+
+    /// `U = Q_G ((Q_Gᵀ ∇W̄ Q_A) ∘ D⁻¹) Q_Aᵀ` for `∇W̄` `m×k` row-major, with `inv_d` from
+    /// [`HostEig::inverse_denominators`]: four GEMMs ([`gemm_into`], on the calling thread) and
+    /// one elementwise product, no tensor ops. `None` if the result is not finite.
+    pub(crate) fn solve(
+        &self,
+        grad: &[f32],
+        (m, k): (usize, usize),
+        inv_d: &[f32],
+    ) -> Option<Vec<f32>> {
+        let mut t1 = vec![0.0f32; m * k];
+        let mut t2 = vec![0.0f32; m * k];
+        // t1 = Q_Gᵀ ∇W̄, t2 = t1 Q_A.
+        let qg_t = MatrixView::transposed(&self.qg, m);
+        gemm_into(
+            &mut t1,
+            (m, k, m),
+            false,
+            qg_t,
+            MatrixView::rows(grad, k),
+            1,
+        );
+        gemm_into(
+            &mut t2,
+            (m, k, k),
+            false,
+            MatrixView::rows(&t1, k),
+            MatrixView::rows(&self.qa, k),
+            1,
+        );
+        for (x, &s) in t2.iter_mut().zip(inv_d) {
+            *x *= s;
+        }
+        // t1 = Q_G t2, u = t1 Q_Aᵀ.
+        gemm_into(
+            &mut t1,
+            (m, k, m),
+            false,
+            MatrixView::rows(&self.qg, m),
+            MatrixView::rows(&t2, k),
+            1,
+        );
+        let qa_t = MatrixView::transposed(&self.qa, k);
+        gemm_into(&mut t2, (m, k, k), false, MatrixView::rows(&t1, k), qa_t, 1);
+        all_finite(&t2).then_some(t2)
+    }
+}
+
+/// A layer's Kronecker factors as row-major `f32` host buffers (`A` `k×k`, `G` `m×m`), for the
+/// CG-FAC operator.
+#[derive(Debug, Clone)]
+pub(crate) struct HostFactors {
+    a: Vec<f32>,
+    g: Vec<f32>,
+    m: usize,
+    k: usize,
+}
+
+impl HostFactors {
+    /// The factors' values, `None` unless both are `f32` CPU tensors.
+    pub(crate) fn new(a: &Tensor, g: &Tensor) -> Result<Option<Self>> {
+        if !(on_host(a) && on_host(g)) {
+            return Ok(None);
+        }
+        let (k, m) = (a.dims()[0], g.dims()[0]);
+        Ok(Some(Self {
+            a: a.flatten_all()?.to_vec1::<f32>()?,
+            g: g.flatten_all()?.to_vec1::<f32>()?,
+            m,
+            k,
+        }))
+    }
+
+    /// The damped operator on `X` (`m × k` row-major): `G X A + t·X` with Tikhonov `t`, or
+    /// `(G + δ_G I) X (A + δ_A I)` with factored shifts `(δ_A, δ_G)` (`t = 0`). The same
+    /// operator as the tensor path's `apply_m`, in two GEMMs.
+    pub(crate) fn apply(&self, x: &[f32], shifts: (f64, f64, f64)) -> Vec<f32> {
+        let (m, k) = (self.m, self.k);
+        let (sa, sg, t) = shifts;
+        let shifted = |f: &[f32], n: usize, s: f64| -> Option<Vec<f32>> {
+            (s != 0.0).then(|| {
+                let mut c = f.to_vec();
+                for i in 0..n {
+                    c[i * n + i] += s as f32;
+                }
+                c
+            })
+        };
+        let (ga, gg) = (shifted(&self.a, k, sa), shifted(&self.g, m, sg));
+        let a = ga.as_deref().unwrap_or(&self.a);
+        let g = gg.as_deref().unwrap_or(&self.g);
+        let mut gx = vec![0.0f32; m * k];
+        gemm_into(
+            &mut gx,
+            (m, k, m),
+            false,
+            MatrixView::rows(g, m),
+            MatrixView::rows(x, k),
+            1,
+        );
+        let mut out = vec![0.0f32; m * k];
+        gemm_into(
+            &mut out,
+            (m, k, k),
+            false,
+            MatrixView::rows(&gx, k),
+            MatrixView::rows(a, k),
+            1,
+        );
+        if t != 0.0 {
+            let t = t as f32;
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o += t * v;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_and_finiteness_on_every_length() {
+        for n in [0usize, 1, 7, 8, 9, 33] {
+            let x: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let y: Vec<f32> = (0..n).map(|i| 1.0 / (1.0 + i as f32)).collect();
+            let want: f64 = x
+                .iter()
+                .zip(&y)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            assert!(
+                (dot(&x, &y) - want).abs() <= 1e-12 * want.abs().max(1.0),
+                "n = {n}"
+            );
+            assert!(all_finite(&x), "n = {n}");
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for at in [0, n / 2, n.saturating_sub(1)] {
+                    if n == 0 {
+                        continue;
+                    }
+                    let mut z = x.clone();
+                    z[at] = bad;
+                    assert!(!all_finite(&z), "n = {n}, {bad} at {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn folding_and_splitting_round_trip() -> Result<()> {
+        let (m, n) = (3, 4);
+        let gw = Tensor::arange(0f32, (m * n) as f32, &Device::Cpu)?.reshape((m, n))?;
+        let gb = Tensor::new(&[10f32, 20., 30.], &Device::Cpu)?;
+        let host = Folded::from_gradients(&gw, Some(&gb))?;
+        let dense = Folded::Tensor(fold(&gw, Some(&gb))?);
+        assert!(matches!(
+            host,
+            Folded::Host {
+                rows: 3,
+                cols: 5,
+                ..
+            }
+        ));
+        assert_eq!(
+            host.to_tensor()?.to_vec2::<f32>()?,
+            dense.to_tensor()?.to_vec2::<f32>()?
+        );
+        assert_eq!(host.dot(&host)?, dense.dot(&dense)?);
+        for scale in [1.0, 0.5] {
+            let (w1, b1) = host.clone().into_parts(n, true, scale)?;
+            let (w2, b2) = dense.clone().into_parts(n, true, scale)?;
+            assert_eq!(w1.to_vec2::<f32>()?, w2.to_vec2::<f32>()?);
+            let (b1, b2) = (b1.expect("bias"), b2.expect("bias"));
+            assert_eq!(b1.to_vec1::<f32>()?, b2.to_vec1::<f32>()?);
+        }
+        // f64 gradients stay tensors.
+        let g64 = Folded::from_gradients(&gw.to_dtype(DType::F64)?, None)?;
+        assert!(matches!(g64, Folded::Tensor(_)));
+        Ok(())
+    }
+}
