@@ -78,6 +78,11 @@ struct Args {
     /// `autograd` (candle's, to measure what the native step gains).
     #[arg(long, value_enum, default_value_t = BackwardKind::Native)]
     backward: BackwardKind,
+    /// Rounds of the interleaved W1 comparison (default 12, 2 with --quick; 0 skips it): each
+    /// round runs one 10-step refresh cycle of every selected W1 workload in turn, and step time
+    /// ratios to W1-adamw are taken within rounds.
+    #[arg(long)]
+    rounds: Option<usize>,
 }
 
 /// Which model a workload trains.
@@ -298,6 +303,8 @@ struct Report {
     /// The faster of W2's FC₁ and FC₂ GEMMs, W2's ceiling.
     w2_gemm_ceiling_gflops: f64,
     workloads: Vec<WorkloadResult>,
+    /// The interleaved W1 comparison, when W1-adamw and another W1 workload ran.
+    interleaved: Option<Interleaved>,
     /// W2's goal (issue): model FLOP/s at ≥ this fraction of W2's GEMM ceiling.
     w2_goal_fraction: f64,
     /// The benchmark text of W2, if a W2 workload ran.
@@ -757,6 +764,79 @@ struct Ceilings {
     w2: f64,
 }
 
+/// A workload's freshly seeded trainer and its epoch batch order, one training step at a time
+/// (`bench_workload` and the interleaved comparison).
+struct Stepper<'a> {
+    tr: Trainer,
+    config: TrainConfig,
+    data: &'a RunData,
+    device: Device,
+    n: usize,
+    per_epoch: usize,
+    /// Steps per epoch.
+    spe: usize,
+    batches: Vec<Vec<usize>>,
+    /// Steps taken.
+    i: usize,
+}
+
+impl<'a> Stepper<'a> {
+    fn new(
+        w: &Workload,
+        data: &'a RunData,
+        data_origin: &str,
+        device: &Device,
+        (threads, backward): (usize, BackwardKind),
+    ) -> Result<Self> {
+        let mut config = workload_config(w, threads, backward, data_origin);
+        bmt_trainer::device::set_matmul_threads(config.candle_threads());
+        let patch = config.model.as_vit().map(|v| v.patch);
+        fit_model_to_data(&mut config, data, patch);
+        config.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let model = Transformer::init(config.model.clone(), &mut rng, DType::F32, device)?;
+        let tr = Trainer::new(config.clone(), model, device.clone())?;
+        let n = data.train().len();
+        let per_epoch = data.train().epoch_len().max(config.batch_size).min(n);
+        let spe = per_epoch / config.batch_size;
+        if spe == 0 {
+            bail!(
+                "the batch size {} exceeds the training set",
+                config.batch_size
+            );
+        }
+        Ok(Self {
+            tr,
+            config,
+            data,
+            device: device.clone(),
+            n,
+            per_epoch,
+            spe,
+            batches: Vec::new(),
+            i: 0,
+        })
+    }
+
+    /// The next training step (and its batch), timed by [`timed_step`].
+    fn step(&mut self) -> Result<(StepTiming, Batch)> {
+        let (i, spe) = (self.i, self.spe);
+        if i % spe == 0 {
+            self.batches = epoch_batches(
+                self.n,
+                self.per_epoch,
+                self.config.batch_size,
+                self.config.seed,
+                i / spe,
+            );
+        }
+        let batch = self.data.train().batch(&self.batches[i % spe], &self.device)?;
+        let st = timed_step(&mut self.tr, &batch)?;
+        self.i += 1;
+        Ok((st, batch))
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn bench_workload(
     w: &Workload,
@@ -769,33 +849,19 @@ fn bench_workload(
     ceilings: &Ceilings,
     scratch: &std::path::Path,
 ) -> Result<WorkloadResult> {
-    let mut config = workload_config(w, threads, backward, data_origin);
-    bmt_trainer::device::set_matmul_threads(config.candle_threads());
-    let patch = config.model.as_vit().map(|v| v.patch);
-    fit_model_to_data(&mut config, data, patch);
-    config.validate()?;
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let model = Transformer::init(config.model.clone(), &mut rng, DType::F32, device)?;
-    let mut tr = Trainer::new(config.clone(), model, device.clone())?;
+    let mut stepper = Stepper::new(w, data, data_origin, device, (threads, backward))?;
+    let config = stepper.config.clone();
     let metrics_path = scratch.join(format!("{}.jsonl", w.name));
     let mut diag = if config.diagnostics {
         let mut diagnostics = Diagnostics::new(&config, data.test(), device)?;
         let mut metrics = MetricsFile::open(&metrics_path)?;
-        diagnostics.on_start(&tr.model, &mut metrics)?;
+        diagnostics.on_start(&stepper.tr.model, &mut metrics)?;
         Some((diagnostics, metrics))
     } else {
         None
     };
 
-    let n = data.train().len();
-    let per_epoch = data.train().epoch_len().max(config.batch_size).min(n);
-    let spe = per_epoch / config.batch_size;
-    if spe == 0 {
-        bail!(
-            "the batch size {} exceeds the training set",
-            config.batch_size
-        );
-    }
+    let spe = stepper.spe;
     let mut sum = Phases::default();
     let mut kb = KfacBreakdown::default();
     let mut cg_steps = 0usize;
@@ -805,16 +871,11 @@ fn bench_workload(
     // seconds, solve seconds.
     let mut inv_solves = Vec::new();
     let (mut plain_n, mut plain_train, mut plain_solve) = (0usize, 0.0f64, 0.0f64);
-    let mut batches = Vec::new();
     for i in 0..warmup + steps {
-        if i % spe == 0 {
-            batches = epoch_batches(n, per_epoch, config.batch_size, config.seed, i / spe);
-        }
-        let batch = data.train().batch(&batches[i % spe], device)?;
-        let mut st = timed_step(&mut tr, &batch)?;
+        let (mut st, batch) = stepper.step()?;
         if let Some((diagnostics, metrics)) = diag.as_mut() {
             let td = Instant::now();
-            diagnostics.on_step(&tr, &batch, &st.outcome, metrics)?;
+            diagnostics.on_step(&stepper.tr, &batch, &st.outcome, metrics)?;
             st.phases.diagnostics += td.elapsed().as_secs_f64();
         }
         last_loss = st.outcome.loss;
@@ -849,7 +910,7 @@ fn bench_workload(
     let mut on_epoch_s = 0.0;
     if let Some((mut diagnostics, metrics)) = diag {
         let te = Instant::now();
-        diagnostics.on_epoch(&tr, 1)?;
+        diagnostics.on_epoch(&stepper.tr, 1)?;
         on_epoch_s = te.elapsed().as_secs_f64();
         sum.diagnostics += on_epoch_s * steps as f64 / spe as f64;
         drop(metrics);
@@ -939,6 +1000,119 @@ fn bench_workload(
         peak_memory_mib: peak_memory_mib(),
         final_loss: last_loss,
     })
+}
+
+/// One workload's rounds in the interleaved comparison.
+#[derive(Debug, Clone, Serialize)]
+struct InterleavedResult {
+    name: String,
+    /// Training ms per step of each round (one whole refresh cycle of `cycle` steps).
+    round_ms_per_step: Vec<f64>,
+    /// Median over the rounds.
+    median_ms_per_step: f64,
+    /// Each round's ms/step divided by the reference workload's in the same round.
+    ratios: Vec<f64>,
+    median_ratio: f64,
+    /// Mean ms/step over all rounds divided by the reference's.
+    mean_ratio: f64,
+}
+
+/// The interleaved comparison of the W1 workloads (`--rounds`).
+#[derive(Debug, Clone, Serialize)]
+struct Interleaved {
+    /// The workload every ratio divides by (W1-adamw).
+    reference: String,
+    rounds: usize,
+    /// Steps per round and workload: one `k_inv` cycle, so each round holds one factor and one
+    /// eigenbasis refresh of the K-FAC workloads.
+    cycle: usize,
+    warmup: usize,
+    results: Vec<InterleavedResult>,
+}
+
+/// Step time ratios that machine drift cannot bias: the W1 workloads train side by side in one
+/// process, one refresh cycle (`cycle` steps) each in turn per round, the order rotated every
+/// round, without the per-step diagnostics (which the training time excludes anyway); each round's training ms/step is divided by the reference's of the
+/// same round. Sequential workloads (the main table) are minutes apart, and on a shared 2-core
+/// machine the speed moves by 10–30 % in that time (docs/BENCHMARKS.md).
+fn interleaved(
+    selected: &[&Workload],
+    data: &RunData,
+    device: &Device,
+    (threads, backward): (usize, BackwardKind),
+    warmup: usize,
+    rounds: usize,
+    cycle: usize,
+) -> Result<Interleaved> {
+    let mut steppers = Vec::new();
+    for w in selected {
+        let mut s = Stepper::new(w, data, "digits", device, (threads, backward))?;
+        for _ in 0..warmup {
+            s.step()?;
+        }
+        steppers.push((w.name, s));
+    }
+    let n = steppers.len();
+    let mut ms = vec![Vec::with_capacity(rounds); n];
+    for r in 0..rounds {
+        for j in 0..n {
+            let idx = (j + r) % n;
+            let s = &mut steppers[idx].1;
+            let mut train = 0.0;
+            for _ in 0..cycle {
+                train += s.step()?.0.phases.train();
+            }
+            ms[idx].push(1e3 * train / cycle as f64);
+        }
+    }
+    let reference = ms[0].clone();
+    let results = steppers
+        .iter()
+        .zip(&ms)
+        .map(|((name, _), m)| {
+            let ratios: Vec<f64> = m.iter().zip(&reference).map(|(a, b)| a / b).collect();
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+            InterleavedResult {
+                name: name.to_string(),
+                round_ms_per_step: m.clone(),
+                median_ms_per_step: median(m.clone()),
+                median_ratio: median(ratios.clone()),
+                mean_ratio: mean(m) / mean(&reference),
+                ratios,
+            }
+        })
+        .collect();
+    Ok(Interleaved {
+        reference: steppers[0].0.to_string(),
+        rounds,
+        cycle,
+        warmup,
+        results,
+    })
+}
+
+fn print_interleaved(i: &Interleaved) {
+    println!();
+    println!(
+        "## Interleaved W1 step times ({} rounds of {} steps per workload, order rotated each round, after {} warm-up steps)",
+        i.rounds, i.cycle, i.warmup
+    );
+    println!();
+    println!(
+        "| workload | ms/step (median of rounds) | ratio to {} (median) | min | max | mean-time ratio |",
+        i.reference
+    );
+    println!("|---|---|---|---|---|---|");
+    for r in &i.results {
+        let (lo, hi) = r
+            .ratios
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        println!(
+            "| {} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            r.name, r.median_ms_per_step, r.median_ratio, lo, hi, r.mean_ratio
+        );
+    }
 }
 
 fn pct(x: f64) -> String {
@@ -1239,6 +1413,7 @@ fn bench(args: Args) -> Result<()> {
     let setup_peak_memory_mib = peak_memory_mib();
     let mut peak_reset = true;
     let mut workloads = Vec::new();
+    let selected_names: Vec<&str> = selected.iter().map(|w| w.name).collect();
     for w in selected {
         let (wu, st, d, origin) = match (w.family, &text) {
             (Family::W1, _) => (warmup, steps, &data, "digits"),
@@ -1262,6 +1437,29 @@ fn bench(args: Args) -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&scratch);
 
+    let rounds = args.rounds.unwrap_or(if args.quick { 2 } else { 12 });
+    let w1: Vec<&Workload> = WORKLOADS
+        .iter()
+        .filter(|w| w.family == Family::W1 && selected_names.contains(&w.name))
+        .collect();
+    let interleaved = if rounds > 0 && w1.len() > 1 && w1[0].name == "W1-adamw" {
+        eprintln!("interleaved W1 comparison ({rounds} rounds) ...");
+        let cycle = KfacSettings::defaults(OptimizerKind::Kfac).k_inv as usize;
+        let r = interleaved(
+            &w1,
+            &data,
+            &device,
+            (args.threads, args.backward),
+            warmup,
+            rounds,
+            cycle,
+        )?;
+        bmt_trainer::device::set_matmul_threads(args.threads);
+        Some(r)
+    } else {
+        None
+    };
+
     let report = Report {
         date_utc: date_utc(),
         machine: machine(),
@@ -1274,6 +1472,7 @@ fn bench(args: Args) -> Result<()> {
         gemm_ceiling_gflops: ceilings.gemm_1024,
         w2_gemm_ceiling_gflops: ceilings.w2,
         workloads,
+        interleaved,
         w2_goal_fraction: W2_GOAL_FRACTION,
         w2_data: text.map(|(d, _)| d.description().to_string()),
         fused_vs_composite_ops: ops,
@@ -1282,6 +1481,9 @@ fn bench(args: Args) -> Result<()> {
         wall_s: start.elapsed().as_secs_f64(),
     };
     print_report(&report);
+    if let Some(i) = &report.interleaved {
+        print_interleaved(i);
+    }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
