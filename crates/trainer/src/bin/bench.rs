@@ -456,6 +456,8 @@ fn time_ms(
 const W2_GEMM_PREFIX: &str = "W2 ";
 /// Name of the 1024³ GEMM in [`bench_gemm`]'s list.
 const CEILING_GEMM: &str = "ceiling: 1024³";
+/// Name prefix of [`bench_gemm`]'s one-thread runs of the single products (faer's kernels).
+const SINGLE_THREAD_PREFIX: &str = "1 thread (faer): ";
 
 /// The GEMMs at W1's shapes (activations `(B·T) × in` times a weight `(out, in)` transposed, as the
 /// linear layers do; the per-head attention products), at W2's two largest products (FC₁ and FC₂
@@ -527,8 +529,26 @@ fn bench_gemm(
         ),
         (CEILING_GEMM.into(), 1, 1024, 1024, 1024, false),
     ];
-    let mut out = Vec::new();
+    // Single products also on one thread, where `gemm_into` runs faer's kernels (what each of
+    // the native step's micro-batch threads uses).
+    let mut runs: Vec<(String, usize, usize, usize, usize, bool, usize)> = Vec::new();
     for (name, nb, m, k, n, weight_layout) in cases {
+        let single = nb == 1 && device.is_cpu();
+        if single && threads > 1 {
+            runs.push((
+                format!("{SINGLE_THREAD_PREFIX}{name}"),
+                nb,
+                m,
+                k,
+                n,
+                weight_layout,
+                1,
+            ));
+        }
+        runs.push((name, nb, m, k, n, weight_layout, threads));
+    }
+    let mut out = Vec::new();
+    for (name, nb, m, k, n, weight_layout, threads) in runs {
         let (ms, reps) = if nb == 1 && device.is_cpu() {
             use bmt_kfac::linear_op::{gemm_into, MatrixView};
             let a: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), device)?
@@ -1174,7 +1194,7 @@ fn print_report(r: &Report) {
     );
     println!();
     println!(
-        "## GEMM (f32, median; single products: the gemm crate, candle's CPU kernel, on {} thread(s); QKᵀ: candle's batched matmul)",
+        "## GEMM (f32, median; single products: the gemm crate, candle's CPU kernel, on {} thread(s), and `1 thread (faer)`: `gemm_into` on one thread, the kernels of each native-step thread; QKᵀ: candle's batched matmul)",
         r.threads
     );
     println!();
