@@ -921,35 +921,44 @@ impl Preconditioner {
             jobs.push((i, layer, (gw, gb)));
         }
         let (cfg, damping) = (self.cfg, self.damping);
+        let kl = self.cfg.kl_clip.is_some();
         let results = for_each_layer(jobs, self.threads, |_, layer, (gw, gb)| {
             let grad = Folded::from_gradients(&gw, gb.as_ref())?;
             let mut ls = LayerStats::default();
             if !grad.all_finite()? {
-                return Ok((grad, None, ls, true));
+                return Ok((grad, None, ls, true, 0.0));
             }
             let u = layer.solve(&cfg, damping, &grad, refresh_inv, &mut ls)?;
             let u = match u {
                 Some(u) if u.all_finite()? => Some(u),
                 _ => None,
             };
-            Ok((grad, u, ls, false))
+            // This layer's term of the KL clip's `Σ⟨U,∇W̄⟩` (U = ∇W̄ on a fallback).
+            let vg = if kl {
+                u.as_ref().unwrap_or(&grad).dot(&grad)?
+            } else {
+                0.0
+            };
+            Ok((grad, u, ls, false, vg))
         })?;
-        let mut solved: Vec<(usize, Folded, Folded)> = Vec::new();
+        let mut solved: Vec<(usize, Folded)> = Vec::new();
         let mut cg_iters: Vec<usize> = Vec::new();
-        for (i, (grad, u, ls, skipped)) in results {
+        let mut vg = 0.0;
+        for (i, (grad, u, ls, skipped, layer_vg)) in results {
             ls.merge_into(&mut stats, &mut cg_iters);
             if skipped {
                 stats.fallbacks += 1;
                 continue;
             }
+            vg += layer_vg;
             let u = match u {
                 Some(u) => u,
                 None => {
                     stats.fallbacks += 1;
-                    grad.clone()
+                    grad
                 }
             };
-            solved.push((i, grad, u));
+            solved.push((i, u));
         }
         if !cg_iters.is_empty() {
             stats.cg_iterations_mean =
@@ -957,17 +966,13 @@ impl Preconditioner {
             stats.cg_iterations_max = cg_iters.iter().copied().max().unwrap_or(0);
         }
         if let Some(c) = self.cfg.kl_clip {
-            let mut vg = 0.0;
-            for (_, g, u) in &solved {
-                vg += u.dot(g)?;
-            }
             let vg = vg * self.cfg.lr * self.cfg.lr;
             if vg > 0.0 && vg.is_finite() {
                 stats.kl_scale = (c / vg).sqrt().min(1.0);
             }
         }
         let mut out = HashMap::new();
-        for (i, _, u) in solved {
+        for (i, u) in solved {
             let spec = &self.layers[i].spec;
             let n = spec.weight.dims()[1];
             let (w, b) = u.into_parts(n, spec.bias.is_some(), stats.kl_scale)?;
