@@ -152,33 +152,32 @@ pub fn gemm_into<T: WithDType>(
         return;
     }
     if threads <= 1 {
-        // SAFETY: as below; `T::DTYPE` names `T` exactly, so the casts are to `T` itself.
-        let done = unsafe {
-            match T::DTYPE {
-                DType::F32 => {
-                    faer_gemm::<f32>(
+        // faer's `matmul` as the element type `$u`, which `T::DTYPE` says `T` is.
+        macro_rules! faer_as {
+            ($u:ty) => {
+                // SAFETY: as below; the casts are to `T` itself.
+                unsafe {
+                    faer_gemm::<$u>(
                         dst.as_mut_ptr().cast(),
                         (r, c, k),
                         accumulate,
                         lhs.cast(),
                         rhs.cast(),
                         1.0,
-                    );
-                    true
+                    )
                 }
-                DType::F64 => {
-                    faer_gemm::<f64>(
-                        dst.as_mut_ptr().cast(),
-                        (r, c, k),
-                        accumulate,
-                        lhs.cast(),
-                        rhs.cast(),
-                        1.0,
-                    );
-                    true
-                }
-                _ => false,
+            };
+        }
+        let done = match T::DTYPE {
+            DType::F32 => {
+                faer_as!(f32);
+                true
             }
+            DType::F64 => {
+                faer_as!(f64);
+                true
+            }
+            _ => false,
         };
         if done {
             return;
@@ -548,6 +547,69 @@ mod tests {
                 (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
             })
             .collect()
+    }
+
+    /// `gemm_into` on one thread (faer) and on two (the `gemm` crate) against a naive f64 product,
+    /// for every combination of plain and transposed operands, with and without accumulation, at
+    /// a blocked size and a tiny one. Each product's error is within `2·k·ε` of the exact sum of
+    /// `|a||b|` (the standard dot-product bound), in f32 and in f64.
+    #[test]
+    fn gemm_into_paths_match_a_naive_product() {
+        fn check<T: WithDType + Into<f64>>(eps: f64) {
+            for &(r, c, k) in &[(37usize, 29usize, 70usize), (2, 3, 1)] {
+                let a: Vec<T> = fill(r * k, 1).into_iter().map(T::from_f64).collect();
+                let b: Vec<T> = fill(k * c, 2).into_iter().map(T::from_f64).collect();
+                let init: Vec<T> = fill(r * c, 3).into_iter().map(T::from_f64).collect();
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    // Element (i, j) of each operand in its stored layout.
+                    let at = |i: usize, p: usize| -> f64 {
+                        (if ta { a[p * r + i] } else { a[i * k + p] }).into()
+                    };
+                    let bt = |p: usize, j: usize| -> f64 {
+                        (if tb { b[j * k + p] } else { b[p * c + j] }).into()
+                    };
+                    let lhs = if ta {
+                        MatrixView::transposed(&a, r)
+                    } else {
+                        MatrixView::rows(&a, k)
+                    };
+                    let rhs = if tb {
+                        MatrixView::transposed(&b, k)
+                    } else {
+                        MatrixView::rows(&b, c)
+                    };
+                    for accumulate in [false, true] {
+                        for threads in [1, 2] {
+                            let mut dst = init.clone();
+                            gemm_into(&mut dst, (r, c, k), accumulate, lhs, rhs, threads);
+                            for i in 0..r {
+                                for j in 0..c {
+                                    let mut want = if accumulate {
+                                        init[i * c + j].into()
+                                    } else {
+                                        0.0
+                                    };
+                                    let mut mag = want.abs();
+                                    for p in 0..k {
+                                        want += at(i, p) * bt(p, j);
+                                        mag += (at(i, p) * bt(p, j)).abs();
+                                    }
+                                    let got: f64 = dst[i * c + j].into();
+                                    let tol = 2.0 * (k + 1) as f64 * eps * mag + 1e-300;
+                                    assert!(
+                                        (got - want).abs() <= tol,
+                                        "{r}×{c}×{k} ta={ta} tb={tb} acc={accumulate} threads={threads}: \
+                                         ({i},{j}) {got} vs {want}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        check::<f32>(f64::from(f32::EPSILON));
+        check::<f64>(f64::EPSILON);
     }
 
     /// The composite reference `x Wᵀ + b` from candle ops, its gradients for `L = Σ c ⊙ y`.
