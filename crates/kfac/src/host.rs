@@ -85,6 +85,18 @@ impl Folded {
         }
     }
 
+    /// `s·self`.
+    pub(crate) fn scaled(&self, s: f64) -> Result<Folded> {
+        Ok(match self {
+            Self::Host { data, rows, cols } => Self::Host {
+                data: data.iter().map(|&v| (f64::from(v) * s) as f32).collect(),
+                rows: *rows,
+                cols: *cols,
+            },
+            Self::Tensor(t) => Self::Tensor((t * s)?),
+        })
+    }
+
     /// `⟨self, other⟩` (Frobenius), accumulated in `f64` on the host.
     pub(crate) fn dot(&self, other: &Folded) -> Result<f64> {
         match (self, other) {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::{DType, Tensor, Var, D};
 use rand::Rng;
 
-use crate::cg::{conjugate_gradient, CgSettings, CgVector};
+use crate::cg::{conjugate_gradient, conjugate_gradient_from, CgSettings, CgVector, WarmStart};
 use crate::error::{KfacError, Result};
 use crate::factors::{
     all_finite, fold, frobenius, kronecker_quadratic_form, CurvatureRows, WeightSharing,
@@ -81,6 +81,13 @@ pub struct KfacConfig {
     pub k_fac: u64,
     /// Eigenbasis / inverse refresh period `k_inv` in steps.
     pub k_inv: u64,
+    /// [`Solver::Eigen`] only: on a factor refresh that is not an eigenbasis refresh (`k_inv >
+    /// k_fac`), re-estimate the eigenvalues in the kept bases, `λ_A = diag(Q_Aᵀ A Q_A)`,
+    /// `λ_G = diag(Q_Gᵀ G Q_G)`: the diagonal nearest the new factor in the Frobenius norm for the
+    /// old basis (the eigenvalue correction of EKFAC, George et al. 2018, applied per factor).
+    /// One `n³` product per factor instead of an `O(n³)` decomposition with a large constant, so
+    /// the bases can be refreshed rarely while the curvature's scale follows the factors.
+    pub eigenvalue_refresh: bool,
     /// Empirical or Monte-Carlo Fisher (tells the trainer which backward to capture).
     pub fisher_type: FisherType,
     /// Expand or reduce for layers applied over sequences.
@@ -114,6 +121,7 @@ impl Default for KfacConfig {
             ema_decay: 0.95,
             k_fac: 10,
             k_inv: 100,
+            eigenvalue_refresh: true,
             fisher_type: FisherType::MonteCarlo,
             weight_sharing: WeightSharing::Expand,
             kl_clip: Some(1e-3),
@@ -350,6 +358,7 @@ fn fold_capture(layer: &mut LayerState, cap: &LayerCapture, cfg: &KfacConfig) ->
     if cfg.solver == Solver::CgMatrixFree {
         layer.traces = traces;
         layer.rows = Some(rows);
+        layer.warm_product = None;
     } else {
         let (a, g) = rows.factors()?;
         let beta = cfg.ema_decay;
@@ -369,6 +378,8 @@ fn fold_capture(layer: &mut LayerState, cap: &LayerCapture, cfg: &KfacConfig) ->
         layer.a = Some(ema(&layer.a, a)?);
         layer.g = Some(ema(&layer.g, g)?);
         layer.host_factors = None;
+        layer.eigenvalues_stale = true;
+        layer.warm_product = None;
     }
     Ok(true)
 }
@@ -391,11 +402,14 @@ impl LayerStats {
     }
 }
 
-/// Runs `f` on every `(index, layer, input)` job, side by side on up to `threads` scoped threads
-/// (jobs dealt round-robin, so that the big layers of a block spread out); results in job order.
-/// Each layer's arithmetic is the same whatever the thread count.
+/// Runs `f` on every `(index, layer, input)` job, side by side on up to `threads` scoped threads;
+/// results in job order. Each worker takes the next job from a shared queue when it is free, the
+/// largest layers (by `m·k·(m+k)`, the cost of one of their products) first, so that a layer
+/// that needs more CG iterations or a larger decomposition does not leave the other threads
+/// idle (a fixed deal of the layers did). Each layer's arithmetic is the same whatever the
+/// thread count and whichever thread runs it.
 fn for_each_layer<I: Send, T: Send>(
-    jobs: Vec<(usize, &mut LayerState, I)>,
+    mut jobs: Vec<(usize, &mut LayerState, I)>,
     threads: usize,
     f: impl Fn(usize, &mut LayerState, I) -> Result<T> + Sync,
 ) -> Result<Vec<(usize, T)>> {
@@ -406,23 +420,29 @@ fn for_each_layer<I: Send, T: Send>(
             .collect();
     }
     let workers = threads.min(jobs.len());
-    let mut buckets: Vec<Vec<(usize, &mut LayerState, I)>> =
-        (0..workers).map(|_| Vec::new()).collect();
-    for (n, job) in jobs.into_iter().enumerate() {
-        buckets[n % workers].push(job);
-    }
+    let cost = |l: &LayerState| l.m * l.k * (l.m + l.k);
+    // Stable: equal layers keep their order.
+    jobs.sort_by_key(|(_, l, _)| std::cmp::Reverse(cost(l)));
+    let queue = std::sync::Mutex::new(jobs.into_iter());
     let f = &f;
-    let run = move |bucket: Vec<(usize, &mut LayerState, I)>| -> Result<Vec<(usize, T)>> {
-        bucket
-            .into_iter()
-            .map(|(i, l, x)| Ok((i, f(i, l, x)?)))
-            .collect()
+    let queue = &queue;
+    let run = move || -> Result<Vec<(usize, T)>> {
+        let mut out = Vec::new();
+        loop {
+            // A poisoned queue means another worker panicked; its join reports it.
+            let job = match queue.lock() {
+                Ok(mut q) => q.next(),
+                Err(_) => None,
+            };
+            let Some((i, l, x)) = job else {
+                return Ok(out);
+            };
+            out.push((i, f(i, l, x)?));
+        }
     };
     let mut out = std::thread::scope(|s| {
-        let mut buckets = buckets.into_iter();
-        let first = buckets.next().unwrap_or_default();
-        let handles: Vec<_> = buckets.map(|b| s.spawn(move || run(b))).collect();
-        let mut out = run(first)?;
+        let handles: Vec<_> = (1..workers).map(|_| s.spawn(run)).collect();
+        let mut out = run()?;
         for h in handles {
             out.extend(h.join().map_err(|_| KfacError::Capture {
                 layer: "(worker thread)".into(),
@@ -436,26 +456,27 @@ fn for_each_layer<I: Send, T: Send>(
 }
 
 /// CG on the operator `op(d)` (`d`: the damping), retried once on a breakdown with a cold start
-/// and the jittered damping `jittered` (ten times the damping): the solution, `None` when both
-/// broke down.
+/// and the jittered damping `jittered` (ten times the damping): the solution (`None` when both
+/// broke down) and its product under `op(damping)` (`None` after a retry).
 fn solve_with_retry<V: CgVector, D: Copy, F: Fn(&V) -> Result<V>>(
     op: impl Fn(D) -> F,
     (damping, jittered): (D, D),
     grad: &V,
-    warm: Option<&V>,
+    warm: Option<WarmStart<'_, V>>,
     settings: CgSettings,
     stats: &mut LayerStats,
-) -> Result<Option<V>> {
-    let mut out = conjugate_gradient(op(damping), grad, warm, settings)?;
+) -> Result<(Option<V>, Option<V>)> {
+    let out = conjugate_gradient_from(op(damping), grad, warm, settings)?;
     stats.cg_iterations.push(out.iterations);
-    if out.breakdown {
-        stats.cg_breakdowns += 1;
-        out = conjugate_gradient(op(jittered), grad, None, settings)?;
-        if out.breakdown {
-            stats.cg_breakdowns += 1;
-        }
+    if !out.breakdown {
+        return Ok((out.solution, out.product));
     }
-    Ok(out.solution)
+    stats.cg_breakdowns += 1;
+    let retry = conjugate_gradient(op(jittered), grad, None, settings)?;
+    if retry.breakdown {
+        stats.cg_breakdowns += 1;
+    }
+    Ok((retry.solution, None))
 }
 
 #[derive(Debug)]
@@ -471,11 +492,18 @@ struct LayerState {
     inv: Option<Inv>,
     /// The last CG solution, the next solve's start.
     warm: Option<Folded>,
+    /// `M(warm)` from the last solve's recurrence and the damping of that operator: valid until
+    /// the factors change (cleared by a fold) or the damping does; it saves the warm start's
+    /// operator application ([`conjugate_gradient_from`]).
+    warm_product: Option<(Folded, f64)>,
     /// `A` and `G` on the host for the CG operator of `f32` CPU layers, made from the factors on
     /// the first solve after each refresh.
     host_factors: Option<HostFactors>,
     /// The host eigen solve's `D⁻¹` and the shifts it was made for (reset with the eigenbasis).
     inverse_denominators: Option<((f64, f64, f64), Vec<f32>)>,
+    /// The factors changed since the eigenvalues were computed (set by a fold, cleared by a
+    /// refresh of the bases or of the eigenvalues).
+    eigenvalues_stale: bool,
 }
 
 impl LayerState {
@@ -492,6 +520,7 @@ impl LayerState {
         };
         stats.refreshed_inverses += 1;
         layer.inverse_denominators = None;
+        layer.eigenvalues_stale = false;
         match cfg.solver {
             Solver::Eigen if on_host(a) && on_host(g) => {
                 let ea = eigh_to_host(a)?;
@@ -536,6 +565,42 @@ impl LayerState {
         Ok(())
     }
 
+    /// The eigenvalues of the current factors in the kept eigenbases
+    /// ([`KfacConfig::eigenvalue_refresh`]): `λ_j = q_jᵀ F q_j = Σ_i (F Q)_ij Q_ij`, clamped at 0 like a
+    /// decomposition's. The bases, and so the eigen solve's rotations, are unchanged.
+    fn refresh_eigenvalues(&mut self) -> Result<()> {
+        self.eigenvalues_stale = false;
+        let (Some(a), Some(g), Some(e)) = (&self.a, &self.g, &self.eig) else {
+            return Ok(());
+        };
+        let diagonal = |f: &Tensor, q: &Tensor| -> Result<Tensor> {
+            let f = f.to_dtype(q.dtype())?;
+            Ok((f.matmul(q)? * q)?.sum(0)?.relu()?)
+        };
+        let (la, lg) = (diagonal(a, &e.qa)?, diagonal(g, &e.qg)?);
+        if !all_finite(&la)? || !all_finite(&lg)? {
+            // Keep the last eigenvalues; the next basis refresh starts over.
+            return Ok(());
+        }
+        let host = match e.host() {
+            Some(h) => Some(HostEig {
+                qa: h.qa.clone(),
+                la: la.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                qg: h.qg.clone(),
+                lg: lg.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+            }),
+            None => None,
+        };
+        let fresh = Eig::new(e.qa.clone(), la, e.qg.clone(), lg);
+        if let Some(h) = host {
+            // A fresh cell: the set cannot fail.
+            let _ = fresh.host.set(Some(h));
+        }
+        self.eig = Some(fresh);
+        self.inverse_denominators = None;
+        Ok(())
+    }
+
     /// This layer's preconditioned gradient, `None` to fall back to the plain gradient. A host
     /// gradient ([`Folded::Host`]) is solved on the host where the solver has a host path
     /// (eigen, CG on the factors) and through tensors otherwise.
@@ -552,6 +617,13 @@ impl LayerState {
             return Ok(Some(grad.clone()));
         }
         let kind = cfg.damping_kind;
+        if kind == DampingKind::Tikhonov && self.negligible_curvature(damping) {
+            // `A ⊗ G + λI = λI` to the working precision: `U = ∇W̄/λ` for every solver, with no
+            // decomposition and no CG (a key projection under K-FAC-reduce: see the method).
+            self.warm = None;
+            self.warm_product = None;
+            return Ok(Some(grad.scaled(1.0 / damping)?));
+        }
         // `(s_A, s_G, t)`: shifts of the factors' eigenvalues and the added multiple of `X`.
         let shifts = match kind {
             DampingKind::Tikhonov => (0.0, 0.0, damping),
@@ -564,6 +636,8 @@ impl LayerState {
             Solver::Eigen => {
                 if refresh_inv || self.eig.is_none() {
                     self.refresh(cfg, damping, stats)?;
+                } else if cfg.eigenvalue_refresh && self.eigenvalues_stale {
+                    self.refresh_eigenvalues()?;
                 }
                 let Some(e) = &self.eig else { return Ok(None) };
                 if let (Some(h), Folded::Host { data, rows, cols }) = (e.host(), grad) {
@@ -623,12 +697,23 @@ impl LayerState {
                 } else {
                     None
                 };
-                let sol = match (&self.host_factors, grad, cfg.solver) {
+                // The warm start's product, if it was made by this operator.
+                let product = match &self.warm_product {
+                    Some((p, d)) if *d == damping && warm.is_some() => Some(p),
+                    _ => None,
+                };
+                let (sol, product) = match (&self.host_factors, grad, cfg.solver) {
                     (Some(f), Folded::Host { data, rows, cols }, Solver::CgFactor) => {
-                        let warm = match warm {
-                            Some(Folded::Host { data: w, .. }) if w.len() == data.len() => Some(w),
-                            _ => None,
-                        };
+                        fn host<'v>(v: Option<&'v Folded>, len: usize) -> Option<&'v Vec<f32>> {
+                            match v {
+                                Some(Folded::Host { data: w, .. }) if w.len() == len => Some(w),
+                                _ => None,
+                            }
+                        }
+                        let warm = host(warm, data.len()).map(|x| WarmStart {
+                            x,
+                            product: host(product, data.len()),
+                        });
                         let jd = (shifts.0, shifts.1, 10.0 * shifts.2);
                         let jittered = match kind {
                             DampingKind::Tikhonov => jd,
@@ -637,7 +722,7 @@ impl LayerState {
                                 (da, dg, 0.0)
                             }
                         };
-                        let sol = solve_with_retry(
+                        let (sol, product) = solve_with_retry(
                             |s| move |x: &Vec<f32>| Ok(f.apply(x, s)),
                             (shifts, jittered),
                             data,
@@ -645,34 +730,60 @@ impl LayerState {
                             settings,
                             stats,
                         )?;
-                        sol.map(|u| Folded::Host {
+                        let folded = |u| Folded::Host {
                             data: u,
                             rows: *rows,
                             cols: *cols,
-                        })
+                        };
+                        (sol.map(folded), product.map(folded))
                     }
                     _ => {
                         let layer = &*self;
                         let g = grad.to_tensor()?;
-                        let warm = match warm.map(Folded::to_tensor).transpose()? {
-                            Some(w) if w.dims() == g.dims() => Some(w),
-                            _ => None,
+                        let tensor = |v: Option<&Folded>| -> Result<Option<Tensor>> {
+                            Ok(match v.map(Folded::to_tensor).transpose()? {
+                                Some(w) if w.dims() == g.dims() => Some(w),
+                                _ => None,
+                            })
                         };
-                        let sol = solve_with_retry(
+                        let (warm, product) = (tensor(warm)?, tensor(product)?);
+                        let warm = warm.as_ref().map(|x| WarmStart {
+                            x,
+                            product: product.as_ref(),
+                        });
+                        let (sol, product) = solve_with_retry(
                             |d| move |x: &Tensor| layer.apply_m(x, d, kind),
                             (damping, 10.0 * damping),
                             &g,
-                            warm.as_ref(),
+                            warm,
                             settings,
                             stats,
                         )?;
-                        sol.map(Folded::Tensor)
+                        (sol.map(Folded::Tensor), product.map(Folded::Tensor))
                     }
                 };
                 self.warm = sol.clone();
+                self.warm_product = product.map(|p| (p, damping));
                 Ok(sol)
             }
         }
+    }
+
+    /// Whether the curvature `A ⊗ G` vanishes against the Tikhonov damping `λ` at the weights'
+    /// precision: `tr A · tr G ≤ u·λ` (`u` the unit roundoff; the traces of PSD factors bound their
+    /// largest eigenvalues, so `‖A ⊗ G‖₂ ≤ u·λ` and every solver's answer is `∇W̄/λ` to rounding).
+    /// It happens by structure, not by chance: softmax is invariant to adding one vector to every
+    /// key, so a key projection's output gradients sum to zero over the positions of a sequence,
+    /// and its K-FAC-reduce factor `G` (built from those sums) is zero up to rounding.
+    fn negligible_curvature(&self, damping: f64) -> bool {
+        let (ta, tg) = self.traces;
+        let u = match self.spec.weight.dtype() {
+            DType::F64 => f64::EPSILON / 2.0,
+            DType::F32 => f64::from(f32::EPSILON) / 2.0,
+            DType::BF16 => 2f64.powi(-8),
+            _ => 2f64.powi(-11),
+        };
+        self.has_curvature() && ta.is_finite() && tg.is_finite() && ta * tg <= u * damping
     }
 
     /// `(δ_A, δ_G)` of factored damping.
@@ -774,8 +885,10 @@ impl Preconditioner {
                 eig: None,
                 inv: None,
                 warm: None,
+                warm_product: None,
                 host_factors: None,
                 inverse_denominators: None,
+                eigenvalues_stale: false,
             });
         }
         let damping = cfg.damping;
@@ -1056,6 +1169,10 @@ impl Preconditioner {
                 out.push((format!("{p}.inv.g"), v.g_inv.clone()));
                 out.push((format!("{p}.inv.damping"), Tensor::new(&[v.damping], &dev)?));
             }
+            if let Some((mx, d)) = &l.warm_product {
+                out.push((format!("{p}.warm_product"), mx.to_tensor()?));
+                out.push((format!("{p}.warm_product.damping"), Tensor::new(&[*d], &dev)?));
+            }
             if let Some(w) = &l.warm {
                 out.push((format!("{p}.warm"), w.to_tensor()?));
             }
@@ -1140,9 +1257,9 @@ impl Preconditioner {
             } else {
                 None
             };
-            let warm = if on(3) {
-                let w = shaped(format!("{p}.warm"), &[m, k])?;
-                Some(if on_host(&w) {
+            let folded = |key: String| -> Result<Folded> {
+                let w = shaped(key, &[m, k])?;
+                Ok(if on_host(&w) {
                     Folded::Host {
                         data: w.flatten_all()?.to_vec1::<f32>()?,
                         rows: m,
@@ -1151,6 +1268,20 @@ impl Preconditioner {
                 } else {
                     Folded::Tensor(w)
                 })
+            };
+            let warm = if on(3) {
+                Some(folded(format!("{p}.warm"))?)
+            } else {
+                None
+            };
+            // Optional: states written before the product was kept recompute it on the first solve.
+            let warm_product = if warm.is_some() && state.contains_key(&format!("{p}.warm_product"))
+            {
+                let d = vals(&format!("{p}.warm_product.damping"))?;
+                Some((
+                    folded(format!("{p}.warm_product"))?,
+                    d.first().copied().unwrap_or(f64::NAN),
+                ))
             } else {
                 None
             };
@@ -1167,11 +1298,13 @@ impl Preconditioner {
             } else {
                 None
             };
-            layers_new.push((a, g, (tr[0], tr[1]), eig, inv, warm, rows));
+            layers_new.push((a, g, (tr[0], tr[1]), eig, inv, (warm, warm_product), rows));
         }
-        for (l, (a, g, traces, eig, inv, warm, rows)) in self.layers.iter_mut().zip(layers_new) {
-            (l.a, l.g, l.traces, l.eig, l.inv, l.warm, l.rows) =
-                (a, g, traces, eig, inv, warm, rows);
+        for (l, (a, g, traces, eig, inv, (warm, warm_product), rows)) in
+            self.layers.iter_mut().zip(layers_new)
+        {
+            (l.a, l.g, l.traces, l.eig, l.inv, l.warm, l.warm_product, l.rows) =
+                (a, g, traces, eig, inv, warm, warm_product, rows);
             l.host_factors = None;
             l.inverse_denominators = None;
         }

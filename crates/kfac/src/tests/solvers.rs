@@ -354,3 +354,225 @@ proptest! {
         prop_assert!((ratio - out.relative_residual).abs() < 1e-8);
     }
 }
+
+/// Two eigen steps with `k_inv = 100`: the first folds `c`'s capture and decomposes, the second
+/// folds `second` without a new decomposition; the second step's folded update.
+fn eigen_second_step(
+    c: &Case,
+    second: &LayerCapture,
+    eigenvalue_refresh: bool,
+    damping: f64,
+) -> Result<Mat<f64>> {
+    let cfg = KfacConfig {
+        solver: Solver::Eigen,
+        damping,
+        kl_clip: None,
+        k_fac: 1,
+        k_inv: 100,
+        eigenvalue_refresh,
+        ..Default::default()
+    };
+    let mut p = Preconditioner::new(vec![c.layer.clone()], cfg)?;
+    p.step(&c.grads, std::slice::from_ref(&c.capture))?;
+    let (out, stats) = p.step(&c.grads, std::slice::from_ref(second))?;
+    assert_eq!(stats.refreshed_inverses, 0, "the basis must not be recomputed");
+    let u = Tensor::cat(&[&out["l.weight"], &out["l.bias"].unsqueeze(1)?], 1)?;
+    host(&u.to_dtype(candle_core::DType::F64)?)
+}
+
+/// The factors after folding `second` into `c`'s with the default EMA decay.
+fn ema_factors(c: &Case, second: &LayerCapture) -> Result<(Mat<f64>, Mat<f64>)> {
+    let beta = KfacConfig::default().ema_decay;
+    let second = LayerCapture {
+        input: second.input.to_dtype(candle_core::DType::F64)?,
+        output_grad: second.output_grad.to_dtype(candle_core::DType::F64)?,
+        name: second.name.clone(),
+    };
+    let (a2, g2) = kronecker_factors(&second, WeightSharing::Expand)?;
+    let (a2, g2) = (host(&a2)?, host(&g2)?);
+    let mix = |x: &Mat<f64>, y: &Mat<f64>| {
+        Mat::from_fn(x.nrows(), x.ncols(), |i, j| {
+            beta * x[(i, j)] + (1.0 - beta) * y[(i, j)]
+        })
+    };
+    Ok((mix(&c.a, &a2), mix(&c.g, &g2)))
+}
+
+/// When the new factors keep the old eigenbases (here the new batch's output gradients are the
+/// old ones doubled, so `G ← (β + 4(1−β)) G` and `A` is unchanged), re-estimating the eigenvalues
+/// gives the exact damped solve of the new factors without a decomposition; keeping the old
+/// eigenvalues (the refresh off) does not. Both the tensor path (`f64`) and the host path
+/// (`f32`, tolerance as in `f32_host_path_matches_dense_f64_solve`).
+#[test]
+fn eigenvalue_refresh_is_exact_when_the_bases_are_kept() -> Result<()> {
+    let damping = 1e-2;
+    let c64 = sized_case(17, 40, (12, 9))?;
+    let scaled = |c: &Case| -> Result<LayerCapture> {
+        Ok(LayerCapture {
+            output_grad: (&c.capture.output_grad * 2.0)?,
+            ..c.capture.clone()
+        })
+    };
+    let (a, g) = ema_factors(&c64, &scaled(&c64)?)?;
+    let new = Case {
+        a,
+        g,
+        ..sized_case(17, 40, (12, 9))?
+    };
+    let want = dense_tikhonov(&new, damping);
+    let f32_tol = rel(&dense_tikhonov(&new, 1.01 * damping), &want);
+    for (c, tol) in [(c64, 1e-9), (to_f32(&sized_case(17, 40, (12, 9))?)?, f32_tol)] {
+        let second = scaled(&c)?;
+        let e = rel(&eigen_second_step(&c, &second, true, damping)?, &want);
+        assert!(e < tol, "eigenvalue refresh: relative error {e}, tolerance {tol}");
+        let stale = rel(&eigen_second_step(&c, &second, false, damping)?, &want);
+        assert!(stale > 100.0 * tol, "stale eigenvalues: relative error {stale}");
+    }
+    Ok(())
+}
+
+/// In general the refreshed eigenvalues are `diag(Qᵀ F Q)` of the new factor `F` in the first
+/// step's bases `Q`: the update equals the dense `(Q_A ⊗ Q_G)(Λ̃_A ⊗ Λ̃_G + λI)⁻¹(Q_A ⊗ Q_G)ᵀ
+/// vec ∇W̄` built from a dense f64 eigendecomposition of the first factors, and differs from
+/// both the exact solve of the new factors and the solve with stale eigenvalues.
+#[test]
+fn eigenvalue_refresh_uses_the_diagonal_of_the_new_factors_in_the_old_bases() -> Result<()> {
+    let damping = 1e-2;
+    let c = sized_case(18, 30, (6, 5))?;
+    let other = sized_case(19, 30, (6, 5))?.capture;
+    let (a_new, g_new) = ema_factors(&c, &other)?;
+    let basis = |x: &Mat<f64>| -> Mat<f64> {
+        let e = x.self_adjoint_eigen(faer::Side::Lower).expect("symmetric");
+        e.U().to_owned()
+    };
+    let (qa, qg) = (basis(&c.a), basis(&c.g));
+    let diag = |q: &Mat<f64>, f: &Mat<f64>| -> Vec<f64> {
+        let d = q.transpose() * f * q;
+        (0..d.nrows()).map(|i| d[(i, i)].max(0.0)).collect()
+    };
+    let (la, lg) = (diag(&qa, &a_new), diag(&qg, &g_new));
+    // U = Q_G [(Q_Gᵀ ∇W̄ Q_A) ⊘ (λ_G λ_Aᵀ + λ)] Q_Aᵀ.
+    let r = qg.transpose() * &c.grad * &qa;
+    let s = Mat::from_fn(r.nrows(), r.ncols(), |i, j| {
+        r[(i, j)] / (lg[i] * la[j] + damping)
+    });
+    let want = &qg * s * qa.transpose();
+    let got = eigen_second_step(&c, &other, true, damping)?;
+    let e = rel(&got, &want);
+    assert!(e < 1e-9, "relative error {e}");
+    let exact_new = dense_tikhonov(
+        &Case {
+            a: a_new,
+            g: g_new,
+            ..sized_case(18, 30, (6, 5))?
+        },
+        damping,
+    );
+    assert!(rel(&got, &exact_new) > 1e-4, "the basis is not refreshed");
+    let stale = eigen_second_step(&c, &other, false, damping)?;
+    assert!(rel(&got, &stale) > 1e-4, "the eigenvalues did change");
+    Ok(())
+}
+
+/// A solve's [`crate::CgOutcome::product`] is `M(X)` of its solution (the recurrence's `b − r`, to
+/// rounding), and a warm start that brings its product gives the same iterates as one whose
+/// product is computed, with one operator application fewer.
+#[test]
+fn warm_start_with_its_product_saves_one_application() -> Result<()> {
+    use std::cell::Cell;
+    let mut r = rng(21);
+    let (m, k) = (5, 6);
+    let ra = randn(&mut r, &[12, k])?;
+    let rg = randn(&mut r, &[12, m])?;
+    let a = ra.t()?.matmul(&ra)?;
+    let g = rg.t()?.matmul(&rg)?;
+    let damping = 0.1;
+    let calls = Cell::new(0usize);
+    let op = |x: &Tensor| -> Result<Tensor> {
+        calls.set(calls.get() + 1);
+        Ok((g.matmul(x)?.matmul(&a)? + (x * damping)?)?)
+    };
+    let s = CgSettings {
+        tol: 1e-4,
+        max_iters: 50,
+    };
+    let first = conjugate_gradient(op, &randn(&mut r, &[m, k])?, None, s)?;
+    let (x, mx) = (first.solution.expect("solved"), first.product.expect("solved"));
+    let true_mx = op(&x)?;
+    let e = rel(&host(&mx)?, &host(&true_mx)?);
+    assert!(e < 1e-12, "recurrence product off by {e}");
+
+    let b = randn(&mut r, &[m, k])?;
+    calls.set(0);
+    let computed = conjugate_gradient(op, &b, Some(&x), s)?;
+    let with_computed = calls.get();
+    calls.set(0);
+    let start = crate::WarmStart {
+        x: &x,
+        product: Some(&mx),
+    };
+    let reused = crate::conjugate_gradient_from(op, &b, Some(start), s)?;
+    assert_eq!(calls.get() + 1, with_computed);
+    assert_eq!(reused.iterations, computed.iterations);
+    // CG's iterates are not a smooth function of its start in finite precision, so the two runs
+    // are compared by what CG promises: the true residual of the reused start's solution meets
+    // the stopping rule against its true initial residual.
+    let xr = reused.solution.expect("solved");
+    let res = |v: &Tensor| -> Result<f64> {
+        let d = (&b - op(v)?)?;
+        crate::factors::frobenius(&d, &d)
+    };
+    let ratio = res(&xr)? / res(&x)?;
+    assert!(ratio < s.tol * (1.0 + 1e-6), "true ρ'/ρ₀ = {ratio}");
+    assert!((ratio - reused.relative_residual).abs() < 1e-8 * s.tol.max(ratio));
+    Ok(())
+}
+
+/// A key projection under K-FAC-reduce: its output gradients sum to zero over each sequence's
+/// positions (softmax ignores a shift of every key), so `G` is zero up to rounding and every
+/// solver returns `∇W̄/λ`, the dense solve's answer, without a decomposition or a CG iteration.
+/// The same layer with gradients that do not sum to zero is preconditioned for real.
+#[test]
+fn vanishing_reduce_curvature_gives_the_damped_gradient() -> Result<()> {
+    let mut r = rng(22);
+    let (batch, t, n, m) = (5, 4, 3, 2);
+    let damping = 1e-2;
+    let c = sized_case(22, 1, (m, n))?;
+    let dy = randn(&mut r, &[batch, t, m])?;
+    let centred = dy.broadcast_sub(&dy.mean_keepdim(1)?)?;
+    for (output_grad, vanishes) in [(centred, true), (dy, false)] {
+        let capture = LayerCapture {
+            name: "l".into(),
+            input: randn(&mut r, &[batch, t, n])?,
+            output_grad,
+        };
+        let (a, g) = kronecker_factors(&capture, WeightSharing::Reduce)?;
+        let case = Case {
+            capture,
+            a: host(&a)?,
+            g: host(&g)?,
+            ..sized_case(22, 1, (m, n))?
+        };
+        let want = dense_tikhonov(&case, damping);
+        let damped = Mat::from_fn(c.grad.nrows(), c.grad.ncols(), |i, j| {
+            c.grad[(i, j)] / damping
+        });
+        for solver in [Solver::Eigen, Solver::CgFactor, Solver::CgMatrixFree] {
+            let cfg = KfacConfig {
+                weight_sharing: WeightSharing::Reduce,
+                ..tight(solver, DampingKind::Tikhonov, damping)
+            };
+            let (u, stats) = precondition(&case, cfg)?;
+            assert!(rel(&u, &want) < 1e-9, "{solver:?}: {}", rel(&u, &want));
+            if vanishes {
+                // `∇W̄·(1/λ)`: one rounding away from `∇W̄/λ`.
+                assert!(rel(&u, &damped) < 1e-15, "{solver:?}: {}", rel(&u, &damped));
+                assert_eq!(stats.refreshed_inverses, 0, "{solver:?}: {stats:?}");
+                assert_eq!(stats.cg_iterations_max, 0, "{solver:?}: {stats:?}");
+            } else {
+                assert!(rel(&u, &damped) > 1e-3, "{solver:?}");
+            }
+        }
+    }
+    Ok(())
+}
