@@ -52,6 +52,11 @@ pub struct KfacSettings {
     /// exact for deep linear networks in that setting) or `expand` (per-token losses).
     #[serde(default = "default_sharing")]
     pub sharing: String,
+    /// Eigen solver: re-estimate the eigenvalues in the kept bases on the factor refreshes between
+    /// eigenbasis refreshes ([`KfacConfig::eigenvalue_refresh`]). A configuration written before
+    /// the setting existed reads as `false`, which is how it ran.
+    #[serde(default)]
+    pub eigenvalue_refresh: bool,
 }
 
 fn default_sharing() -> String {
@@ -82,6 +87,7 @@ impl KfacSettings {
             cg_max_iters: d.cg_max_iters,
             others_lr: 1e-3,
             sharing: default_sharing(),
+            eigenvalue_refresh: d.eigenvalue_refresh,
         }
     }
 
@@ -136,6 +142,7 @@ impl KfacSettings {
             damping: self.damping,
             k_fac: self.k_fac,
             k_inv: self.k_inv,
+            eigenvalue_refresh: self.eigenvalue_refresh,
             fisher_type,
             kl_clip: (self.kl_clip > 0.0).then_some(self.kl_clip),
             cg_tol: self.cg_tol,

@@ -78,11 +78,24 @@ struct Args {
     /// `autograd` (candle's, to measure what the native step gains).
     #[arg(long, value_enum, default_value_t = BackwardKind::Native)]
     backward: BackwardKind,
+    /// Eigenbasis / inverse refresh period of the W1 K-FAC and CG-FAC workloads (default: `bmt
+    /// train`'s, 10); the interleaved comparison's rounds last this many steps.
+    #[arg(long)]
+    k_inv: Option<u64>,
     /// Rounds of the interleaved W1 comparison (default 12, 2 with --quick; 0 skips it): each
     /// round runs one 10-step refresh cycle of every selected W1 workload in turn, and step time
     /// ratios to W1-adamw are taken within rounds.
     #[arg(long)]
     rounds: Option<usize>,
+}
+
+/// How every workload of one bench run trains: threads, backward pass, and W1's K-FAC refresh
+/// period when `--k-inv` overrides the default.
+#[derive(Debug, Clone, Copy)]
+struct Knobs {
+    threads: usize,
+    backward: BackwardKind,
+    w1_k_inv: Option<u64>,
 }
 
 /// Which model a workload trains.
@@ -662,12 +675,7 @@ fn bench_ops(c: &VitConfig, batch: usize, min_s: f64, device: &Device) -> Result
 /// The configuration of `w`, with bmt's defaults for the optimizer's learning rate: W1 with its
 /// K-FAC defaults; W2 (`text_origin` names its data) with diagnostics off and the K-FAC defaults
 /// of the GPT (expand weight sharing) at WORKLOADS.md's refresh periods k_fac = 10, k_inv = 100.
-fn workload_config(
-    w: &Workload,
-    threads: usize,
-    backward: BackwardKind,
-    text_origin: &str,
-) -> TrainConfig {
+fn workload_config(w: &Workload, knobs: Knobs, text_origin: &str) -> TrainConfig {
     let mut config = match w.family {
         Family::W1 => TrainConfig::w1(),
         Family::W2 => {
@@ -677,14 +685,16 @@ fn workload_config(
         }
     };
     config.optimizer = w.optimizer;
-    config.threads = threads;
-    config.backward = backward;
+    config.threads = knobs.threads;
+    config.backward = knobs.backward;
     if let Some(solver) = w.solver {
         config.lr = DEFAULT_LR;
         let mut k = KfacSettings::for_model(w.optimizer, &config.model);
         if w.family == Family::W2 {
             k.k_fac = W2_K_FAC;
             k.k_inv = W2_K_INV;
+        } else if let Some(k_inv) = knobs.w1_k_inv {
+            k.k_inv = k_inv;
         }
         k.solver = solver.into();
         config.kfac = Some(k);
@@ -806,9 +816,9 @@ impl<'a> Stepper<'a> {
         data: &'a RunData,
         data_origin: &str,
         device: &Device,
-        (threads, backward): (usize, BackwardKind),
+        knobs: Knobs,
     ) -> Result<Self> {
-        let mut config = workload_config(w, threads, backward, data_origin);
+        let mut config = workload_config(w, knobs, data_origin);
         bmt_trainer::device::set_matmul_threads(config.candle_threads());
         let patch = config.model.as_vit().map(|v| v.patch);
         fit_model_to_data(&mut config, data, patch);
@@ -863,13 +873,13 @@ fn bench_workload(
     data: &RunData,
     data_origin: &str,
     device: &Device,
-    (threads, backward): (usize, BackwardKind),
+    knobs: Knobs,
     warmup: usize,
     steps: usize,
     ceilings: &Ceilings,
     scratch: &std::path::Path,
 ) -> Result<WorkloadResult> {
-    let mut stepper = Stepper::new(w, data, data_origin, device, (threads, backward))?;
+    let mut stepper = Stepper::new(w, data, data_origin, device, knobs)?;
     let config = stepper.config.clone();
     let metrics_path = scratch.join(format!("{}.jsonl", w.name));
     let mut diag = if config.diagnostics {
@@ -1059,14 +1069,14 @@ fn interleaved(
     selected: &[&Workload],
     data: &RunData,
     device: &Device,
-    (threads, backward): (usize, BackwardKind),
+    knobs: Knobs,
     warmup: usize,
     rounds: usize,
     cycle: usize,
 ) -> Result<Interleaved> {
     let mut steppers = Vec::new();
     for w in selected {
-        let mut s = Stepper::new(w, data, "digits", device, (threads, backward))?;
+        let mut s = Stepper::new(w, data, "digits", device, knobs)?;
         for _ in 0..warmup {
             s.step()?;
         }
@@ -1376,6 +1386,14 @@ fn bench(args: Args) -> Result<()> {
     if w2_steps == 0 {
         bail!("--w2-steps must be at least 1");
     }
+    if args.k_inv == Some(0) {
+        bail!("--k-inv must be at least 1");
+    }
+    let knobs = Knobs {
+        threads: args.threads,
+        backward: args.backward,
+        w1_k_inv: args.k_inv,
+    };
     let selected: Vec<&Workload> = if args.only.is_empty() {
         WORKLOADS.iter().collect()
     } else {
@@ -1447,7 +1465,7 @@ fn bench(args: Args) -> Result<()> {
             d,
             origin,
             &device,
-            (args.threads, args.backward),
+            knobs,
             wu,
             st,
             &ceilings,
@@ -1464,12 +1482,14 @@ fn bench(args: Args) -> Result<()> {
         .collect();
     let interleaved = if rounds > 0 && w1.len() > 1 && w1[0].name == "W1-adamw" {
         eprintln!("interleaved W1 comparison ({rounds} rounds) ...");
-        let cycle = KfacSettings::defaults(OptimizerKind::Kfac).k_inv as usize;
+        let cycle = knobs
+            .w1_k_inv
+            .unwrap_or(KfacSettings::defaults(OptimizerKind::Kfac).k_inv) as usize;
         let r = interleaved(
             &w1,
             &data,
             &device,
-            (args.threads, args.backward),
+            knobs,
             warmup,
             rounds,
             cycle,

@@ -138,6 +138,10 @@ struct TrainArgs {
     /// Eigenbasis / inverse refresh period in steps (kfac/cgfac only).
     #[arg(long)]
     k_inv: Option<u64>,
+    /// Eigen solver: re-estimate the eigenvalues in the kept eigenbases on every factor refresh
+    /// between eigenbasis refreshes, true (the default) or false (kfac only).
+    #[arg(long)]
+    eigenvalue_refresh: Option<bool>,
     /// KL-clipping constant, 0 to disable (kfac/cgfac only).
     #[arg(long)]
     kl_clip: Option<f64>,
@@ -255,6 +259,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         ("--fisher", a.fisher.is_some()),
         ("--k-fac", a.k_fac.is_some()),
         ("--k-inv", a.k_inv.is_some()),
+        ("--eigenvalue-refresh", a.eigenvalue_refresh.is_some()),
         ("--kl-clip", a.kl_clip.is_some()),
         ("--cg-tol", a.cg_tol.is_some()),
         ("--cg-max-iters", a.cg_max_iters.is_some()),
@@ -278,6 +283,9 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
         }
         if let Some(v) = a.k_inv {
             k.k_inv = v;
+        }
+        if let Some(v) = a.eigenvalue_refresh {
+            k.eigenvalue_refresh = v;
         }
         if let Some(v) = a.kl_clip {
             k.kl_clip = v;
