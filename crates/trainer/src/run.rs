@@ -123,6 +123,9 @@ pub struct StepTimes {
     pub backward: f64,
     /// Optimizer step (for K-FAC: Monte-Carlo backward, factors, solve and update).
     pub optimizer: f64,
+    /// The part of `optimizer` spent in K-FAC's Monte-Carlo backward (sampling the labels, the
+    /// backward pass and its captures; refresh steps only).
+    pub curvature_backward: f64,
     /// The second-order measurement (recording before and the extra forward after the update).
     pub second_order: f64,
 }
@@ -397,12 +400,15 @@ impl Trainer {
                             &logits,
                             &grads,
                             |sampled| {
+                                let t = Instant::now();
                                 let (_, _, dlogits) = native.cross_entropy(sampled)?;
                                 let want = Want {
                                     parameters: false,
                                     captures: mc_captures,
                                 };
-                                Ok(native.backward(&dlogits, want, threads)?.captures)
+                                let captures = native.backward(&dlogits, want, threads)?.captures;
+                                times.curvature_backward = t.elapsed().as_secs_f64();
+                                Ok(captures)
                             },
                             seed,
                             step,
@@ -416,8 +422,11 @@ impl Trainer {
                             &logits,
                             &grads,
                             |sampled| {
+                                let t = Instant::now();
                                 let store = cross_entropy(&logits, sampled)?.backward()?;
-                                autograd_captures(model, &store)
+                                let captures = autograd_captures(model, &store);
+                                times.curvature_backward = t.elapsed().as_secs_f64();
+                                captures
                             },
                             seed,
                             step,

@@ -204,9 +204,12 @@ impl Phases {
 /// K-FAC's own breakdown of the preconditioning, seconds summed over the timed steps.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 struct KfacBreakdown {
-    /// Monte-Carlo label sampling, the extra backward and the captures (refresh steps), i.e. the
-    /// optimizer call minus K-FAC's factors, solve and update times.
+    /// The Monte-Carlo backward: the sampled labels' loss gradient, the extra backward pass and
+    /// its captures (refresh steps), as the trainer times it.
     curvature_backward_s: f64,
+    /// The rest of the optimizer call: the optimizer call minus the curvature backward and
+    /// K-FAC's factors, solve and update times (label sampling, the logits, bookkeeping).
+    other_s: f64,
     /// K-FAC's `time_factors_s`.
     factors_s: f64,
     /// K-FAC's `time_solve_s` (decompositions or CG, solves, KL clipping).
@@ -761,7 +764,8 @@ fn timed_step(tr: &mut Trainer, batch: &Batch) -> Result<StepTiming> {
                 stat(s, "time_update_s"),
             );
             let b = KfacBreakdown {
-                curvature_backward_s: (t.optimizer - fac - sol - upd).max(0.0),
+                curvature_backward_s: t.curvature_backward,
+                other_s: (t.optimizer - t.curvature_backward - fac - sol - upd).max(0.0),
                 factors_s: fac,
                 solve_s: sol,
                 factor_refresh_steps: usize::from(stat(s, "refreshed_factors") > 0.0),
@@ -921,6 +925,7 @@ fn bench_workload(
         max_step = max_step.max(st.phases.train());
         if let Some((b, ran_cg)) = st.kfac {
             kb.curvature_backward_s += b.curvature_backward_s;
+            kb.other_s += b.other_s;
             kb.factors_s += b.factors_s;
             kb.solve_s += b.solve_s;
             kb.factor_refresh_steps += b.factor_refresh_steps;
@@ -1287,15 +1292,16 @@ fn print_report(r: &Report) {
     if r.workloads.iter().any(|w| w.kfac.is_some()) {
         println!("## K-FAC preconditioning, ms per timed step");
         println!();
-        println!("| workload | curvature backward | factors | solve | factor refreshes (every k_fac) | inverse refreshes (every k_inv) | inverse-refresh solve ms | ms/step over a k_inv cycle | mean CG iterations |");
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("| workload | curvature backward | other | factors | solve | factor refreshes (every k_fac) | inverse refreshes (every k_inv) | inverse-refresh solve ms | ms/step over a k_inv cycle | mean CG iterations |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         for w in &r.workloads {
             if let Some(k) = &w.kfac {
                 let s = w.timed_steps as f64;
                 println!(
-                    "| {} | {:.2} | {:.2} | {:.2} | {} ({}) | {} ({}) | {} | {} | {:.1} |",
+                    "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {} ({}) | {} ({}) | {} | {} | {:.1} |",
                     w.name,
                     1e3 * k.curvature_backward_s / s,
+                    1e3 * k.other_s / s,
                     1e3 * k.factors_s / s,
                     1e3 * k.solve_s / s,
                     k.factor_refresh_steps,

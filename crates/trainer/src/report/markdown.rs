@@ -72,8 +72,8 @@ pub(crate) fn render(
         let k = KfacSettings::defaults(kind);
         let _ = writeln!(
             w,
-            "- {kind}: solver `{}`, damping {}, factors every {} steps, inverses every {}, Fisher `{}`, KL clip {}, CG tolerance {}, CG cap {}.",
-            k.solver, k.damping, k.k_fac, k.k_inv, k.fisher, k.kl_clip, k.cg_tol, k.cg_max_iters
+            "- {kind}: solver `{}`, damping {}, factors every {} steps, inverses every {} (eigenvalue refresh {}), Fisher `{}`, KL clip {}, CG tolerance {}, CG cap {}.",
+            k.solver, k.damping, k.k_fac, k.k_inv, if k.eigenvalue_refresh { "on" } else { "off" }, k.fisher, k.kl_clip, k.cg_tol, k.cg_max_iters
         );
     }
     let _ = writeln!(w);
