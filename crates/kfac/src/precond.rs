@@ -58,7 +58,8 @@ pub enum FisherType {
 
 /// Settings of the preconditioner and its outer SGD. `Default` follows kfac-pytorch's
 /// (damping 1e-3, EMA 0.95, KL clip 1e-3, lr 0.1, momentum 0.9, refresh 10 / 100) and MATH §5's CG
-/// (tol 1e-2, 10 iterations, warm start); they are not tuned on this project's workloads.
+/// (tol 1e-2, 10 iterations, warm start), with the eigenvalue refresh between eigenbasis
+/// refreshes on; they are not tuned on this project's workloads.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KfacConfig {
     /// The solver.
