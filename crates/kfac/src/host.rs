@@ -284,6 +284,28 @@ impl HostEig {
     }
 }
 
+/// `diag(Qᵀ F Q)_j = Σ_i (F Q)_ij Q_ij` for a symmetric `F` and a basis `Q`, both `n × n`
+/// row-major `f32`: one GEMM ([`gemm_into`] on the calling thread) and a column-wise dot product
+/// accumulated in `f64`, clamped at 0 (`F` is PSD). The eigenvalue refresh of `f32` CPU layers.
+pub(crate) fn diagonal_in_basis(f: &[f32], q: &[f32], n: usize) -> Vec<f32> {
+    let mut fq = vec![0.0f32; n * n];
+    gemm_into(
+        &mut fq,
+        (n, n, n),
+        false,
+        MatrixView::rows(f, n),
+        MatrixView::rows(q, n),
+        1,
+    );
+    let mut acc = vec![0.0f64; n];
+    for (fq_row, q_row) in fq.chunks_exact(n).zip(q.chunks_exact(n)) {
+        for ((a, &x), &y) in acc.iter_mut().zip(fq_row).zip(q_row) {
+            *a += f64::from(x) * f64::from(y);
+        }
+    }
+    acc.into_iter().map(|v| v.max(0.0) as f32).collect()
+}
+
 /// A layer's Kronecker factors as row-major `f32` host buffers (`A` `k×k`, `G` `m×m`), for the
 /// CG-FAC operator.
 #[derive(Debug, Clone)]

@@ -12,7 +12,7 @@ use crate::error::{KfacError, Result};
 use crate::factors::{
     all_finite, fold, frobenius, kronecker_quadratic_form, CurvatureRows, WeightSharing,
 };
-use crate::host::{on_host, Folded, HostEig, HostFactors};
+use crate::host::{diagonal_in_basis, on_host, Folded, HostEig, HostFactors};
 use crate::linalg::{damped_inverse, eigh, eigh_to_host};
 use crate::optim::{AdamW, AdamWConfig, GradientSource, NamedParams, Optimizer, SgdMomentum};
 use crate::tracked::{LayerCapture, TrackedLinear};
@@ -574,24 +574,38 @@ impl LayerState {
         let (Some(a), Some(g), Some(e)) = (&self.a, &self.g, &self.eig) else {
             return Ok(());
         };
-        let diagonal = |f: &Tensor, q: &Tensor| -> Result<Tensor> {
-            let f = f.to_dtype(q.dtype())?;
-            Ok((f.matmul(q)? * q)?.sum(0)?.relu()?)
+        let (la, lg, host) = match e.host() {
+            Some(h) if on_host(a) && on_host(g) => {
+                let values = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+                let la = diagonal_in_basis(&values(a)?, &h.qa, self.k);
+                let lg = diagonal_in_basis(&values(g)?, &h.qg, self.m);
+                let cpu = &candle_core::Device::Cpu;
+                (
+                    Tensor::from_slice(&la, self.k, cpu)?,
+                    Tensor::from_slice(&lg, self.m, cpu)?,
+                    Some(HostEig {
+                        qa: h.qa.clone(),
+                        la,
+                        qg: h.qg.clone(),
+                        lg,
+                    }),
+                )
+            }
+            _ => {
+                // `diag(QᵀFQ)` as the row sums of `(QᵀF) ⊙ Qᵀ` (`F` symmetric): a reduction over
+                // the contiguous dimension.
+                let diagonal = |f: &Tensor, q: &Tensor| -> Result<Tensor> {
+                    let qt = q.t()?.contiguous()?;
+                    let f = f.to_dtype(q.dtype())?;
+                    Ok((qt.matmul(&f)? * &qt)?.sum(1)?.relu()?)
+                };
+                (diagonal(a, &e.qa)?, diagonal(g, &e.qg)?, None)
+            }
         };
-        let (la, lg) = (diagonal(a, &e.qa)?, diagonal(g, &e.qg)?);
         if !all_finite(&la)? || !all_finite(&lg)? {
             // Keep the last eigenvalues; the next basis refresh starts over.
             return Ok(());
         }
-        let host = match e.host() {
-            Some(h) => Some(HostEig {
-                qa: h.qa.clone(),
-                la: la.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-                qg: h.qg.clone(),
-                lg: lg.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-            }),
-            None => None,
-        };
         let fresh = Eig::new(e.qa.clone(), la, e.qg.clone(), lg);
         if let Some(h) = host {
             // A fresh cell: the set cannot fail.
