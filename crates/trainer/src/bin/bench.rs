@@ -82,6 +82,10 @@ struct Args {
     /// train`'s, 10); the interleaved comparison's rounds last this many steps.
     #[arg(long)]
     k_inv: Option<u64>,
+    /// The K-FAC workloads' eigenvalue refresh between eigenbasis refreshes (default: on, as in
+    /// `bmt train`), to measure what it costs.
+    #[arg(long)]
+    eigenvalue_refresh: Option<bool>,
     /// Rounds of the interleaved W1 comparison (default 12, 2 with --quick; 0 skips it): each
     /// round runs one 10-step refresh cycle of every selected W1 workload in turn, and step time
     /// ratios to W1-adamw are taken within rounds.
@@ -96,6 +100,7 @@ struct Knobs {
     threads: usize,
     backward: BackwardKind,
     w1_k_inv: Option<u64>,
+    eigenvalue_refresh: Option<bool>,
 }
 
 /// Which model a workload trains.
@@ -698,6 +703,9 @@ fn workload_config(w: &Workload, knobs: Knobs, text_origin: &str) -> TrainConfig
             k.k_inv = W2_K_INV;
         } else if let Some(k_inv) = knobs.w1_k_inv {
             k.k_inv = k_inv;
+        }
+        if let Some(on) = knobs.eigenvalue_refresh {
+            k.eigenvalue_refresh = on;
         }
         k.solver = solver.into();
         config.kfac = Some(k);
@@ -1399,6 +1407,7 @@ fn bench(args: Args) -> Result<()> {
         threads: args.threads,
         backward: args.backward,
         w1_k_inv: args.k_inv,
+        eigenvalue_refresh: args.eigenvalue_refresh,
     };
     let selected: Vec<&Workload> = if args.only.is_empty() {
         WORKLOADS.iter().collect()
