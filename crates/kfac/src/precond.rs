@@ -634,9 +634,14 @@ impl LayerState {
         let kind = cfg.damping_kind;
         if kind == DampingKind::Tikhonov && self.negligible_curvature(damping) {
             // `A ⊗ G + λI = λI` to the working precision: `U = ∇W̄/λ` for every solver, with no
-            // decomposition and no CG (a key projection under K-FAC-reduce: see the method).
+            // decomposition and no CG (a key projection under K-FAC-reduce: see the method). Any
+            // earlier decomposition is of other factors: dropped, so that a layer whose
+            // curvature comes back is decomposed at once.
             self.warm = None;
             self.warm_product = None;
+            self.eig = None;
+            self.inv = None;
+            self.inverse_denominators = None;
             return Ok(Some(grad.scaled(1.0 / damping)?));
         }
         // `(s_A, s_G, t)`: shifts of the factors' eigenvalues and the added multiple of `X`.
@@ -1184,6 +1189,9 @@ impl Preconditioner {
                 out.push((format!("{p}.inv.g"), v.g_inv.clone()));
                 out.push((format!("{p}.inv.damping"), Tensor::new(&[v.damping], &dev)?));
             }
+            if l.eigenvalues_stale {
+                out.push((format!("{p}.eigenvalues_stale"), Tensor::new(&[1.0f64], &dev)?));
+            }
             if let Some((mx, d)) = &l.warm_product {
                 out.push((format!("{p}.warm_product"), mx.to_tensor()?));
                 out.push((format!("{p}.warm_product.damping"), Tensor::new(&[*d], &dev)?));
@@ -1313,13 +1321,24 @@ impl Preconditioner {
             } else {
                 None
             };
-            layers_new.push((a, g, (tr[0], tr[1]), eig, inv, (warm, warm_product), rows));
+            // Optional as well: absent means the eigenvalues match the factors.
+            let stale = state.contains_key(&format!("{p}.eigenvalues_stale"));
+            layers_new.push((
+                a,
+                g,
+                (tr[0], tr[1]),
+                (eig, stale),
+                inv,
+                (warm, warm_product),
+                rows,
+            ));
         }
-        for (l, (a, g, traces, eig, inv, (warm, warm_product), rows)) in
+        for (l, (a, g, traces, (eig, stale), inv, (warm, warm_product), rows)) in
             self.layers.iter_mut().zip(layers_new)
         {
             (l.a, l.g, l.traces, l.eig, l.inv, l.warm, l.warm_product, l.rows) =
                 (a, g, traces, eig, inv, warm, warm_product, rows);
+            l.eigenvalues_stale = stale;
             l.host_factors = None;
             l.inverse_denominators = None;
         }

@@ -123,8 +123,9 @@ pub struct StepTimes {
     pub backward: f64,
     /// Optimizer step (for K-FAC: Monte-Carlo backward, factors, solve and update).
     pub optimizer: f64,
-    /// The part of `optimizer` spent in K-FAC's Monte-Carlo backward (sampling the labels, the
-    /// backward pass and its captures; refresh steps only).
+    /// The part of `optimizer` spent in K-FAC's Monte-Carlo backward: the loss gradient of the
+    /// sampled labels, the backward pass and its captures (refresh steps only; drawing the labels
+    /// is not included).
     pub curvature_backward: f64,
     /// The second-order measurement (recording before and the extra forward after the update).
     pub second_order: f64,

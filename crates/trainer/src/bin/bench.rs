@@ -79,7 +79,7 @@ struct Args {
     #[arg(long, value_enum, default_value_t = BackwardKind::Native)]
     backward: BackwardKind,
     /// Eigenbasis / inverse refresh period of the W1 K-FAC and CG-FAC workloads (default: `bmt
-    /// train`'s, 10); the interleaved comparison's rounds last this many steps.
+    /// train`'s, 20); the interleaved comparison's rounds last this many steps.
     #[arg(long)]
     k_inv: Option<u64>,
     /// The K-FAC workloads' eigenvalue refresh between eigenbasis refreshes (default: on, as in
@@ -87,8 +87,8 @@ struct Args {
     #[arg(long)]
     eigenvalue_refresh: Option<bool>,
     /// Rounds of the interleaved W1 comparison (default 12, 2 with --quick; 0 skips it): each
-    /// round runs one 10-step refresh cycle of every selected W1 workload in turn, and step time
-    /// ratios to W1-adamw are taken within rounds.
+    /// round runs one eigenbasis refresh cycle (`k_inv` steps, 20 by default) of every selected W1
+    /// workload in turn, and step time ratios to W1-adamw are taken within rounds.
     #[arg(long)]
     rounds: Option<usize>,
 }
@@ -229,6 +229,8 @@ struct KfacBreakdown {
     k_fac: u64,
     /// Eigenbasis / inverse refresh period `k_inv`.
     k_inv: u64,
+    /// Whether the eigen solver re-estimated eigenvalues between eigenbasis refreshes.
+    eigenvalue_refresh: bool,
     /// Mean solve milliseconds of the steps (warm-up included) that recomputed eigenbases /
     /// inverses; `None` if none did (the CG solvers keep none).
     inverse_refresh_solve_ms: Option<f64>,
@@ -996,6 +998,7 @@ fn bench_workload(
     if let Some(k) = &config.kfac {
         kb.k_fac = k.k_fac;
         kb.k_inv = k.k_inv;
+        kb.eigenvalue_refresh = k.eigenvalue_refresh && k.solver == "eigen";
         if inv_solves.is_empty() {
             // A solver without eigenbases / inverses (CG): nothing to amortise.
             kb.amortised_ms_per_step = Some(ms_per_step);
@@ -1300,13 +1303,13 @@ fn print_report(r: &Report) {
     if r.workloads.iter().any(|w| w.kfac.is_some()) {
         println!("## K-FAC preconditioning, ms per timed step");
         println!();
-        println!("| workload | curvature backward | other | factors | solve | factor refreshes (every k_fac) | inverse refreshes (every k_inv) | inverse-refresh solve ms | ms/step over a k_inv cycle | mean CG iterations |");
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("| workload | curvature backward | other | factors | solve | factor refreshes (every k_fac) | inverse refreshes (every k_inv) | eigenvalue refresh | inverse-refresh solve ms | ms/step over a k_inv cycle | mean CG iterations |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
         for w in &r.workloads {
             if let Some(k) = &w.kfac {
                 let s = w.timed_steps as f64;
                 println!(
-                    "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {} ({}) | {} ({}) | {} | {} | {:.1} |",
+                    "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {} ({}) | {} ({}) | {} | {} | {} | {:.1} |",
                     w.name,
                     1e3 * k.curvature_backward_s / s,
                     1e3 * k.other_s / s,
@@ -1316,6 +1319,7 @@ fn print_report(r: &Report) {
                     k.k_fac,
                     k.inverse_refresh_steps,
                     k.k_inv,
+                    if k.eigenvalue_refresh { "on" } else { "off" },
                     k.inverse_refresh_solve_ms
                         .map_or_else(|| "n/a".into(), |v| format!("{v:.1}")),
                     k.amortised_ms_per_step

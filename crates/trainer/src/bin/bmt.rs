@@ -138,8 +138,9 @@ struct TrainArgs {
     /// Eigenbasis / inverse refresh period in steps (kfac/cgfac only).
     #[arg(long)]
     k_inv: Option<u64>,
-    /// Eigen solver: re-estimate the eigenvalues in the kept eigenbases on every factor refresh
-    /// between eigenbasis refreshes, true (the default) or false (kfac only).
+    /// Re-estimate the eigenvalues in the kept eigenbases on every factor refresh between
+    /// eigenbasis refreshes, true (the default) or false (kfac/cgfac; only the eigen solver uses
+    /// it).
     #[arg(long)]
     eigenvalue_refresh: Option<bool>,
     /// KL-clipping constant, 0 to disable (kfac/cgfac only).
