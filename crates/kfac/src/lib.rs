@@ -81,7 +81,9 @@ pub mod tracked;
 #[cfg(test)]
 mod tests;
 
-pub use cg::{conjugate_gradient, conjugate_gradient_from, CgOutcome, CgSettings, CgVector, WarmStart};
+pub use cg::{
+    conjugate_gradient, conjugate_gradient_from, CgOutcome, CgSettings, CgVector, WarmStart,
+};
 pub use error::{KfacError, Result};
 pub use factors::{kronecker_factors, kronecker_quadratic_form, CurvatureRows, WeightSharing};
 pub use linear_op::{fused_linear, fused_linear_supported};

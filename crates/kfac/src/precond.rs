@@ -724,7 +724,7 @@ impl LayerState {
                 };
                 let (sol, product) = match (&self.host_factors, grad, cfg.solver) {
                     (Some(f), Folded::Host { data, rows, cols }, Solver::CgFactor) => {
-                        fn host<'v>(v: Option<&'v Folded>, len: usize) -> Option<&'v Vec<f32>> {
+                        fn host(v: Option<&Folded>, len: usize) -> Option<&Vec<f32>> {
                             match v {
                                 Some(Folded::Host { data: w, .. }) if w.len() == len => Some(w),
                                 _ => None,
@@ -1190,11 +1190,17 @@ impl Preconditioner {
                 out.push((format!("{p}.inv.damping"), Tensor::new(&[v.damping], &dev)?));
             }
             if l.eigenvalues_stale {
-                out.push((format!("{p}.eigenvalues_stale"), Tensor::new(&[1.0f64], &dev)?));
+                out.push((
+                    format!("{p}.eigenvalues_stale"),
+                    Tensor::new(&[1.0f64], &dev)?,
+                ));
             }
             if let Some((mx, d)) = &l.warm_product {
                 out.push((format!("{p}.warm_product"), mx.to_tensor()?));
-                out.push((format!("{p}.warm_product.damping"), Tensor::new(&[*d], &dev)?));
+                out.push((
+                    format!("{p}.warm_product.damping"),
+                    Tensor::new(&[*d], &dev)?,
+                ));
             }
             if let Some(w) = &l.warm {
                 out.push((format!("{p}.warm"), w.to_tensor()?));
@@ -1336,8 +1342,16 @@ impl Preconditioner {
         for (l, (a, g, traces, (eig, stale), inv, (warm, warm_product), rows)) in
             self.layers.iter_mut().zip(layers_new)
         {
-            (l.a, l.g, l.traces, l.eig, l.inv, l.warm, l.warm_product, l.rows) =
-                (a, g, traces, eig, inv, warm, warm_product, rows);
+            (
+                l.a,
+                l.g,
+                l.traces,
+                l.eig,
+                l.inv,
+                l.warm,
+                l.warm_product,
+                l.rows,
+            ) = (a, g, traces, eig, inv, warm, warm_product, rows);
             l.eigenvalues_stale = stale;
             l.host_factors = None;
             l.inverse_denominators = None;

@@ -874,7 +874,10 @@ impl<'a> Stepper<'a> {
                 i / spe,
             );
         }
-        let batch = self.data.train().batch(&self.batches[i % spe], &self.device)?;
+        let batch = self
+            .data
+            .train()
+            .batch(&self.batches[i % spe], &self.device)?;
         let st = timed_step(&mut self.tr, &batch)?;
         self.i += 1;
         Ok((st, batch))
@@ -1153,7 +1156,9 @@ fn print_interleaved(i: &Interleaved) {
         let (lo, hi) = r
             .ratios
             .iter()
-            .fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            .fold((f64::INFINITY, 0.0f64), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
         println!(
             "| {} | {:.2} | {:.3} | {:.3} | {:.3} | {:.3} |",
             r.name, r.median_ms_per_step, r.median_ratio, lo, hi, r.mean_ratio
@@ -1480,15 +1485,7 @@ fn bench(args: Args) -> Result<()> {
         eprintln!("{} ({wu} warm-up + {st} timed steps) ...", w.name);
         peak_reset &= reset_peak_memory();
         workloads.push(bench_workload(
-            w,
-            d,
-            origin,
-            &device,
-            knobs,
-            wu,
-            st,
-            &ceilings,
-            &scratch,
+            w, d, origin, &device, knobs, wu, st, &ceilings, &scratch,
         )?);
         bmt_trainer::device::set_matmul_threads(args.threads);
     }
@@ -1503,16 +1500,9 @@ fn bench(args: Args) -> Result<()> {
         eprintln!("interleaved W1 comparison ({rounds} rounds) ...");
         let cycle = knobs
             .w1_k_inv
-            .unwrap_or(KfacSettings::defaults(OptimizerKind::Kfac).k_inv) as usize;
-        let r = interleaved(
-            &w1,
-            &data,
-            &device,
-            knobs,
-            warmup,
-            rounds,
-            cycle,
-        )?;
+            .unwrap_or(KfacSettings::defaults(OptimizerKind::Kfac).k_inv)
+            as usize;
+        let r = interleaved(&w1, &data, &device, knobs, warmup, rounds, cycle)?;
         bmt_trainer::device::set_matmul_threads(args.threads);
         Some(r)
     } else {
