@@ -355,6 +355,19 @@ proptest! {
     }
 }
 
+/// Eigen K-FAC folding every step (`k_fac = 1`) and decomposing only on the first (`k_inv =
+/// 100`), without KL clipping: the later steps keep the first step's bases.
+fn kept_basis(damping: f64) -> KfacConfig {
+    KfacConfig {
+        solver: Solver::Eigen,
+        damping,
+        kl_clip: None,
+        k_fac: 1,
+        k_inv: 100,
+        ..Default::default()
+    }
+}
+
 /// Two eigen steps with `k_inv = 100`: the first folds `c`'s capture and decomposes, the second
 /// folds `second` without a new decomposition; the second step's folded update.
 fn eigen_second_step(
@@ -364,13 +377,8 @@ fn eigen_second_step(
     damping: f64,
 ) -> Result<Mat<f64>> {
     let cfg = KfacConfig {
-        solver: Solver::Eigen,
-        damping,
-        kl_clip: None,
-        k_fac: 1,
-        k_inv: 100,
         eigenvalue_refresh,
-        ..Default::default()
+        ..kept_basis(damping)
     };
     let mut p = Preconditioner::new(vec![c.layer.clone()], cfg)?;
     p.step(&c.grads, std::slice::from_ref(&c.capture))?;
@@ -600,14 +608,7 @@ fn stale_eigenvalues_survive_a_state_round_trip() -> Result<()> {
     let damping = 1e-2;
     let c = sized_case(23, 30, (6, 5))?;
     let other = sized_case(24, 30, (6, 5))?.capture;
-    let cfg = KfacConfig {
-        solver: Solver::Eigen,
-        damping,
-        kl_clip: None,
-        k_fac: 1,
-        k_inv: 100,
-        ..Default::default()
-    };
+    let cfg = kept_basis(damping);
     let mut p = Preconditioner::new(vec![c.layer.clone()], cfg)?;
     p.step(&c.grads, std::slice::from_ref(&c.capture))?;
     let no_grads: HashMap<String, Tensor> = HashMap::new();
