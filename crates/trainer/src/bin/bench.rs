@@ -93,8 +93,9 @@ struct Args {
     rounds: Option<usize>,
 }
 
-/// How every workload of one bench run trains: threads, backward pass, and W1's K-FAC refresh
-/// period when `--k-inv` overrides the default.
+/// How every workload of one bench run trains: threads, backward pass, W1's K-FAC refresh period
+/// when `--k-inv` overrides the default, and the eigenvalue refresh when
+/// `--eigenvalue-refresh` does.
 #[derive(Debug, Clone, Copy)]
 struct Knobs {
     threads: usize,
