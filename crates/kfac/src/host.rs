@@ -114,15 +114,20 @@ impl Folded {
     ) -> Result<(Tensor, Option<Tensor>)> {
         match self {
             Self::Host { data, rows, cols } => {
-                let s = scale as f32;
-                let scaled = |v: f32| if scale < 1.0 { v * s } else { v };
-                let mut w = Vec::with_capacity(rows * n);
-                let mut b = Vec::with_capacity(if bias { rows } else { 0 });
-                for row in data.chunks_exact(cols.max(1)) {
-                    w.extend(row[..n].iter().map(|&v| scaled(v)));
-                    if bias {
-                        b.push(scaled(row[n]));
+                let (mut w, mut b) = if bias {
+                    let mut w = Vec::with_capacity(rows * n);
+                    let mut b = Vec::with_capacity(rows);
+                    for row in data.chunks_exact(cols.max(1)) {
+                        w.extend_from_slice(&row[..n]);
+                        b.push(row[n]);
                     }
+                    (w, b)
+                } else {
+                    (data, Vec::new())
+                };
+                if scale < 1.0 {
+                    let s = scale as f32;
+                    w.iter_mut().chain(b.iter_mut()).for_each(|v| *v *= s);
                 }
                 let w = Tensor::from_vec(w, (rows, n), &Device::Cpu)?;
                 let b = if bias {

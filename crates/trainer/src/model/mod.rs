@@ -307,6 +307,11 @@ impl Transformer {
 
     /// Logits: `(B, classes)` for ViT images `(B, C, H, W)`; `(B, T, vocab)` for GPT byte
     /// sequences `(B, T)` (u32, `T ≤ context`), position `t` predicting byte `t + 1`.
+    ///
+    /// The ViT's last block runs on the CLS row only (its keys and values from every row): the
+    /// same logits and gradients as the full block, whose other rows no output reads; that block's
+    /// tracked Q, O, FC₁ and FC₂ record `(B, 1, ·)`. [`Transformer::forward_traced`] runs every
+    /// row of every block.
     pub fn forward(&self, inputs: &Tensor) -> Result<Tensor> {
         self.run(inputs, None)
     }
@@ -402,18 +407,31 @@ impl Transformer {
         }
         let (heads, causal) = (c.heads(), c.causal());
         let fused_attention = h.dim(1)? >= FUSED_ATTENTION_MIN_TOKENS;
-        for blk in &self.blocks {
+        let last = self.blocks.len().saturating_sub(1);
+        for (i, blk) in self.blocks.iter().enumerate() {
+            // The ViT's head reads the CLS row alone, so an untraced pass updates only that row
+            // in the last block: its query, context, O and MLP on one row per image, its keys and
+            // values from every row. The logits and every gradient are those of the full block.
+            let cls_block = i == last && trace.is_none() && matches!(c, ModelConfig::Vit(_));
             let u = self.layer_norm(&blk.ln1, &h, &mut trace)?;
-            let (q, k, v) = (blk.q.forward(&u)?, blk.k.forward(&u)?, blk.v.forward(&u)?);
+            let uq = if cls_block {
+                u.narrow(1, 0, 1)?
+            } else {
+                u.clone()
+            };
+            let (q, k, v) = (blk.q.forward(&uq)?, blk.k.forward(&u)?, blk.v.forward(&u)?);
             let ctx = match trace.as_deref_mut() {
                 Some(t) => {
                     let (ctx, attn) = ops::attention_composite(&q, &k, &v, heads, causal)?;
                     t.attention.push(attn.detach());
                     ctx
                 }
-                None if fused_attention => ops::attention(&q, &k, &v, heads, causal)?,
+                None if fused_attention && !cls_block => ops::attention(&q, &k, &v, heads, causal)?,
                 None => ops::attention_composite(&q, &k, &v, heads, causal)?.0,
             };
+            if cls_block {
+                h = h.narrow(1, 0, 1)?;
+            }
             h = (h + blk.o.forward(&ctx)?)?;
             let u2 = self.layer_norm(&blk.ln2, &h, &mut trace)?;
             let m = blk.fc2.forward(&ops::gelu(&blk.fc1.forward(&u2)?)?)?;

@@ -25,9 +25,14 @@
 //! | `u₂ = γ₂ ⊙ LN(m) + β₂`, `a = u₂ W₁ᵀ + b₁`, `g = GELU(a)` | `da = GELU'(a) ⊙ (dh' W₂)`, `du₂ = da W₁` |
 //! | `h' = m + g W₂ᵀ + b₂` | `dW₂ = dh'ᵀ g`, `dW₁ = daᵀ u₂`, `dm = dh' + LN'(m)ᵀ(γ₂ ⊙ du₂)` |
 //!
-//! then the final LayerNorm and the head (the ViT's on the CLS rows only, whose gradient is the only
-//! non-zero one above the last block), and the embedding gradients (`dpos = Σ_b dh₀`, the CLS
-//! token's, the patch layer's, or the byte table's scatter-add). The loss gradient is
+//! then the final LayerNorm and the head (the ViT's on the CLS rows only), and the embedding
+//! gradients (`dpos = Σ_b dh₀`, the CLS token's, the patch layer's, or the byte table's
+//! scatter-add). The ViT's head reads nothing but the CLS row, so its last block computes `k`
+//! and `v` from every row and everything else (query, attention, `m`, MLP, `h'`) on the `B` CLS
+//! rows alone ([`crate::ops`]' first-query attention), as [`Transformer::forward`] does: the
+//! logits and every gradient are those of the full block, at about a third of its cost, and that
+//! block's Q, O, FC₁ and FC₂ captures hold one token per image. The Monte-Carlo backward
+//! (no parameter gradients) stops at the first block's captures. The loss gradient is
 //! `(softmax(ℓ) − onehot(y))/N`. The results agree with candle's autograd to `f32` rounding
 //! (tested on both architectures, for every parameter and every layer capture).
 //!

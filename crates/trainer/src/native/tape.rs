@@ -56,14 +56,41 @@ impl Dims {
             self.rows()
         }
     }
+
+    /// Whether block `i` updates the CLS rows only: the ViT's last block, whose other rows
+    /// nothing reads (its keys and values still come from every row).
+    fn cls_block(&self, i: usize) -> bool {
+        self.cls_only && i + 1 == self.depth
+    }
+
+    /// Rows block `i` updates and outputs: `B` for the CLS block, `B·T` otherwise.
+    fn block_rows(&self, i: usize) -> usize {
+        if self.cls_block(i) {
+            self.batch
+        } else {
+            self.rows()
+        }
+    }
 }
 
-/// What one block's backward pass reads, all `(B·T) × width` row-major.
+/// The first row of each of the `batch` sequences of `t` rows of `d` in `x`, into `out`
+/// (`batch × d`).
+fn first_rows(x: &[f32], (batch, t, d): (usize, usize, usize), out: &mut [f32]) {
+    for b in 0..batch {
+        out[b * d..(b + 1) * d].copy_from_slice(&x[b * t * d..b * t * d + d]);
+    }
+}
+
+/// What one block's backward pass reads, row-major: `(B·T) × width`, except that in the CLS
+/// block ([`Dims::cls_block`]) everything from `q` on but `k` and `v` has the `B` CLS rows only.
 #[derive(Debug, Default)]
 struct BlockActivations {
-    /// LN₁'s pre-affine output `y₁` and output `u₁` (the input of Q, K and V).
+    /// LN₁'s pre-affine output `y₁` and output `u₁` (the input of K and V, and of Q outside the
+    /// CLS block).
     y1: Vec<f32>,
     u1: Vec<f32>,
+    /// The CLS block's Q input: the CLS rows of `u₁`, `B × d`.
+    uq: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -99,6 +126,8 @@ struct Scratch {
     dx: Vec<f32>,
     dctx: Vec<f32>,
     dq: Vec<f32>,
+    /// The CLS block's `∂L/∂u₁` through Q, `B × d`.
+    duq: Vec<f32>,
     dk: Vec<f32>,
     dv: Vec<f32>,
     dgl: Vec<f32>,
@@ -282,49 +311,55 @@ impl Tape {
         }
     }
 
-    /// Block `i`: `mid = h + O(MHSA(LN₁(h)))`, `h' = mid + FC₂(GELU(FC₁(LN₂(mid))))`.
+    /// Block `i`: `mid = h + O(MHSA(LN₁(h)))`, `h' = mid + FC₂(GELU(FC₁(LN₂(mid))))`; in the
+    /// CLS block ([`Dims::cls_block`]) on the CLS rows only, its keys and values from every row.
     fn block_forward(&mut self, dims: &Dims, i: usize) {
         let (rows, d, mlp, eps) = (dims.rows(), dims.d, dims.mlp, dims.eps);
+        let (cls, qr) = (dims.cls_block(i), dims.block_rows(i));
         let p = |n: &str| &self.params[&format!("blk{i}.{n}")];
         let (inputs, outputs) = self.residual.split_at_mut(i + 1);
         let (x, out) = (&inputs[i], &mut outputs[0]);
         let a = &mut self.blocks[i];
-        let n = rows * d;
+        let (n, nq) = (rows * d, qr * d);
+        let seqs = (dims.batch, dims.tokens, d);
         slices::layer_norm(x, d, eps, sized(&mut a.y1, n));
         scale_shift(&a.y1, p("ln1.g"), p("ln1.b"), sized(&mut a.u1, n));
-        affine(&a.u1, p("q.w"), p("q.b"), (rows, d, d), sized(&mut a.q, n));
+        if cls {
+            first_rows(&a.u1, seqs, sized(&mut a.uq, nq));
+        }
+        let q_in = if cls { &a.uq } else { &a.u1 };
+        affine(q_in, p("q.w"), p("q.b"), (qr, d, d), sized(&mut a.q, nq));
         affine(&a.u1, p("k.w"), p("k.b"), (rows, d, d), sized(&mut a.k, n));
         affine(&a.u1, p("v.w"), p("v.b"), (rows, d, d), sized(&mut a.v, n));
-        slices::attention(&dims.attention, &a.q, &a.k, &a.v, sized(&mut a.ctx, n));
-        sized(&mut a.mid, n).copy_from_slice(x);
-        add_affine(&a.ctx, p("o.w"), p("o.b"), (rows, d, d), &mut a.mid);
-        slices::layer_norm(&a.mid, d, eps, sized(&mut a.y2, n));
-        scale_shift(&a.y2, p("ln2.g"), p("ln2.b"), sized(&mut a.u2, n));
-        let wide = rows * mlp;
+        let ctx = sized(&mut a.ctx, nq);
+        if cls {
+            slices::first_query_attention(&dims.attention, &a.q, &a.k, &a.v, ctx);
+            first_rows(x, seqs, sized(&mut a.mid, nq));
+        } else {
+            slices::attention(&dims.attention, &a.q, &a.k, &a.v, ctx);
+            sized(&mut a.mid, n).copy_from_slice(x);
+        }
+        add_affine(&a.ctx, p("o.w"), p("o.b"), (qr, d, d), &mut a.mid);
+        slices::layer_norm(&a.mid, d, eps, sized(&mut a.y2, nq));
+        scale_shift(&a.y2, p("ln2.g"), p("ln2.b"), sized(&mut a.u2, nq));
+        let wide = qr * mlp;
         affine(
             &a.u2,
             p("fc1.w"),
             p("fc1.b"),
-            (rows, d, mlp),
+            (qr, d, mlp),
             sized(&mut a.a1, wide),
         );
         slices::gelu(&a.a1, sized(&mut a.gl, wide));
-        sized(out, n).copy_from_slice(&a.mid);
-        add_affine(&a.gl, p("fc2.w"), p("fc2.b"), (rows, mlp, d), out);
+        sized(out, nq).copy_from_slice(&a.mid);
+        add_affine(&a.gl, p("fc2.w"), p("fc2.b"), (qr, mlp, d), out);
     }
 
-    /// The final LayerNorm on the rows the head reads, then the head.
+    /// The final LayerNorm on the rows the head reads (the last block's output rows), then the
+    /// head.
     fn head_forward(&mut self, dims: &Dims) {
-        let (d, t, hr) = (dims.d, dims.tokens, dims.head_rows());
-        let h = &self.residual[dims.depth];
-        let hf = sized(&mut self.hf, hr * d);
-        if dims.cls_only {
-            for b in 0..dims.batch {
-                hf[b * d..(b + 1) * d].copy_from_slice(&h[b * t * d..b * t * d + d]);
-            }
-        } else {
-            hf.copy_from_slice(h);
-        }
+        let (d, hr) = (dims.d, dims.head_rows());
+        sized(&mut self.hf, hr * d).copy_from_slice(&self.residual[dims.depth]);
         let p = &self.params;
         slices::layer_norm(&self.hf, d, dims.eps, sized(&mut self.yf, hr * d));
         scale_shift(
@@ -479,29 +514,28 @@ impl Tape {
         scale_rows(&s.dhead, p("lnf.g"), sized(&mut s.dyf, hr * d));
         slices::layer_norm_backward(hf, &s.dyf, d, eps, sized(&mut s.dhf, hr * d));
         let n = rows * d;
-        let dh = sized(&mut s.dh, n);
-        if dims.cls_only {
-            dh.fill(0.0);
-            for b in 0..dims.batch {
-                dh[b * t * d..b * t * d + d].copy_from_slice(&s.dhf[b * d..(b + 1) * d]);
-            }
-        } else {
-            dh.copy_from_slice(&s.dhf);
-        }
-        let capture = |name: String, input: &[f32], output_grad: &[f32]| -> Result<LayerCapture> {
+        // The last block outputs exactly the rows the head reads.
+        sized(&mut s.dh, hr * d).copy_from_slice(&s.dhf);
+        // A layer's capture over the `tokens` rows per sequence it acts on (1 for the CLS block's
+        // Q, O, FC₁ and FC₂).
+        let capture = |name: String,
+                       input: &[f32],
+                       output_grad: &[f32],
+                       tokens: usize|
+         -> Result<LayerCapture> {
             let tensor = |x: &[f32], scale: Option<f32>| -> Result<Tensor> {
-                let w = x.len() / rows;
+                let w = x.len() / (dims.batch * tokens);
                 Ok(match scale {
-                    None => Tensor::from_slice(x, (dims.batch, t, w), &Device::Cpu)?,
+                    None => Tensor::from_slice(x, (dims.batch, tokens, w), &Device::Cpu)?,
                     Some(s) => {
-                        let sums = position_sums(x, dims.batch, t, w, s);
+                        let sums = position_sums(x, dims.batch, tokens, w, s);
                         Tensor::from_vec(sums, (dims.batch, 1, w), &Device::Cpu)?
                     }
                 })
             };
             let reduced = want.captures == Captures::PositionSums;
             Ok(LayerCapture {
-                input: tensor(input, reduced.then_some(1.0 / t as f32))?,
+                input: tensor(input, reduced.then_some(1.0 / tokens as f32))?,
                 output_grad: tensor(output_grad, reduced.then_some(1.0))?,
                 name,
             })
@@ -513,83 +547,129 @@ impl Tape {
             let x = &residual[i];
             let name = |n: &str| format!("blk{i}.{n}");
             let pw = |n: &str| &params[&name(n)];
+            // The CLS block's Q, O and MLP act on `qr = B` rows, one token per sequence.
+            let (cls, qr) = (dims.cls_block(i), dims.block_rows(i));
+            let (nq, tq) = (qr * d, if cls { 1 } else { t });
             // MLP: h' = mid + FC₂(GELU(FC₁(LN₂(mid)))); s.dh holds ∂L/∂h'.
             let cap_fc2 = capturing
-                .then(|| capture(name("fc2"), &a.gl, &s.dh))
+                .then(|| capture(name("fc2"), &a.gl, &s.dh, tq))
                 .transpose()?;
             input_grad(
                 &s.dh,
                 pw("fc2.w"),
-                (rows, mlp, d),
+                (qr, mlp, d),
                 false,
-                sized(&mut s.dgl, rows * mlp),
+                sized(&mut s.dgl, qr * mlp),
             );
-            slices::gelu_backward(&a.a1, &s.dgl, sized(&mut s.da1, rows * mlp));
+            slices::gelu_backward(&a.a1, &s.dgl, sized(&mut s.da1, qr * mlp));
             let cap_fc1 = capturing
-                .then(|| capture(name("fc1"), &a.u2, &s.da1))
+                .then(|| capture(name("fc1"), &a.u2, &s.da1, tq))
                 .transpose()?;
             input_grad(
                 &s.da1,
                 pw("fc1.w"),
-                (rows, d, mlp),
+                (qr, d, mlp),
                 false,
-                sized(&mut s.du, n),
+                sized(&mut s.du, nq),
             );
             if want.parameters {
-                grad(name("fc2.w"), weight_grad(&s.dh, &a.gl, (rows, mlp, d)));
+                grad(name("fc2.w"), weight_grad(&s.dh, &a.gl, (qr, mlp, d)));
                 grad(name("fc2.b"), column_sums(&s.dh, d));
-                grad(name("fc1.w"), weight_grad(&s.da1, &a.u2, (rows, d, mlp)));
+                grad(name("fc1.w"), weight_grad(&s.da1, &a.u2, (qr, d, mlp)));
                 grad(name("fc1.b"), column_sums(&s.da1, mlp));
                 grad(name("ln2.g"), column_dots(&s.du, &a.y2, d));
                 grad(name("ln2.b"), column_sums(&s.du, d));
             }
-            scale_rows(&s.du, pw("ln2.g"), sized(&mut s.dy, n));
-            slices::layer_norm_backward(&a.mid, &s.dy, d, eps, sized(&mut s.dx, n));
+            scale_rows(&s.du, pw("ln2.g"), sized(&mut s.dy, nq));
+            slices::layer_norm_backward(&a.mid, &s.dy, d, eps, sized(&mut s.dx, nq));
             add_assign(&mut s.dh, &s.dx);
             // Attention: mid = h + O(ctx); s.dh now holds ∂L/∂mid.
             let cap_o = capturing
-                .then(|| capture(name("o"), &a.ctx, &s.dh))
+                .then(|| capture(name("o"), &a.ctx, &s.dh, tq))
                 .transpose()?;
-            input_grad(&s.dh, pw("o.w"), (rows, d, d), false, sized(&mut s.dctx, n));
-            slices::attention_backward(
-                &dims.attention,
-                &a.q,
-                &a.k,
-                &a.v,
-                &s.dctx,
-                sized(&mut s.dq, n),
+            input_grad(&s.dh, pw("o.w"), (qr, d, d), false, sized(&mut s.dctx, nq));
+            let (dq, dk, dv) = (
+                sized(&mut s.dq, nq),
                 sized(&mut s.dk, n),
                 sized(&mut s.dv, n),
             );
-            input_grad(&s.dq, pw("q.w"), (rows, d, d), false, &mut s.du);
-            input_grad(&s.dk, pw("k.w"), (rows, d, d), true, &mut s.du);
-            input_grad(&s.dv, pw("v.w"), (rows, d, d), true, &mut s.du);
+            if cls {
+                slices::first_query_attention_backward(
+                    &dims.attention,
+                    &a.q,
+                    &a.k,
+                    &a.v,
+                    &s.dctx,
+                    dq,
+                    dk,
+                    dv,
+                );
+            } else {
+                slices::attention_backward(&dims.attention, &a.q, &a.k, &a.v, &s.dctx, dq, dk, dv);
+            }
+            let q_in = if cls { &a.uq } else { &a.u1 };
             if want.parameters {
-                grad(name("o.w"), weight_grad(&s.dh, &a.ctx, (rows, d, d)));
+                grad(name("o.w"), weight_grad(&s.dh, &a.ctx, (qr, d, d)));
                 grad(name("o.b"), column_sums(&s.dh, d));
-                for (l, dl) in [("q", &s.dq), ("k", &s.dk), ("v", &s.dv)] {
+                grad(name("q.w"), weight_grad(&s.dq, q_in, (qr, d, d)));
+                grad(name("q.b"), column_sums(&s.dq, d));
+                for (l, dl) in [("k", &s.dk), ("v", &s.dv)] {
                     grad(
                         name(&format!("{l}.w")),
                         weight_grad(dl, &a.u1, (rows, d, d)),
                     );
                     grad(name(&format!("{l}.b")), column_sums(dl, d));
                 }
-                grad(name("ln1.g"), column_dots(&s.du, &a.y1, d));
-                grad(name("ln1.b"), column_sums(&s.du, d));
             }
             if capturing {
                 let mut caps = Vec::with_capacity(6);
-                for (l, dl) in [("q", &s.dq), ("k", &s.dk), ("v", &s.dv)] {
-                    caps.push(capture(name(l), &a.u1, dl)?);
+                caps.push(capture(name("q"), q_in, &s.dq, tq)?);
+                for (l, dl) in [("k", &s.dk), ("v", &s.dv)] {
+                    caps.push(capture(name(l), &a.u1, dl, t)?);
                 }
                 caps.extend(cap_o);
                 caps.extend(cap_fc1);
                 caps.extend(cap_fc2);
                 captures_by_block.push(caps);
             }
-            scale_rows(&s.du, pw("ln1.g"), &mut s.dy);
-            slices::layer_norm_backward(x, &s.dy, d, eps, &mut s.dx);
-            add_assign(&mut s.dh, &s.dx);
+            if i == 0 && !want.parameters {
+                // ∂L/∂h₀ feeds only the embedding's gradients, which are not asked for.
+                break;
+            }
+            // ∂L/∂u₁ through Q, K and V.
+            if cls {
+                input_grad(&s.dk, pw("k.w"), (rows, d, d), false, sized(&mut s.du, n));
+                input_grad(&s.dv, pw("v.w"), (rows, d, d), true, &mut s.du);
+                input_grad(&s.dq, pw("q.w"), (qr, d, d), false, sized(&mut s.duq, nq));
+                for b in 0..dims.batch {
+                    add_assign(
+                        &mut s.du[b * t * d..b * t * d + d],
+                        &s.duq[b * d..(b + 1) * d],
+                    );
+                }
+            } else {
+                input_grad(&s.dq, pw("q.w"), (rows, d, d), false, sized(&mut s.du, n));
+                input_grad(&s.dk, pw("k.w"), (rows, d, d), true, &mut s.du);
+                input_grad(&s.dv, pw("v.w"), (rows, d, d), true, &mut s.du);
+            }
+            if want.parameters {
+                grad(name("ln1.g"), column_dots(&s.du, &a.y1, d));
+                grad(name("ln1.b"), column_sums(&s.du, d));
+            }
+            scale_rows(&s.du, pw("ln1.g"), sized(&mut s.dy, n));
+            slices::layer_norm_backward(x, &s.dy, d, eps, sized(&mut s.dx, n));
+            if cls {
+                // The residual carries ∂L/∂mid back to the CLS rows only.
+                for b in 0..dims.batch {
+                    add_assign(
+                        &mut s.dx[b * t * d..b * t * d + d],
+                        &s.dh[b * d..(b + 1) * d],
+                    );
+                }
+                std::mem::swap(&mut s.dh, &mut s.dx);
+            } else {
+                add_assign(&mut s.dh, &s.dx);
+            }
         }
         out.captures = captures_by_block.into_iter().rev().flatten().collect();
         if want.parameters {

@@ -140,6 +140,25 @@ fn vit_matches_autograd() {
     compare(&m, &images(8, &mut rng), &labels(&[8], 10, &mut rng));
 }
 
+/// The untraced ViT pass (and the native tape, [`vit_matches_autograd`]) updates only the CLS row
+/// in the last block; the traced pass runs every row of every block. Both give the same logits and
+/// the same gradient for every parameter: the rows left out reach no output.
+#[test]
+fn vit_cls_only_last_block_equals_the_full_block() {
+    let m = model(VitConfig::w1(), 5);
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let (x, y) = (images(8, &mut rng), labels(&[8], 10, &mut rng));
+    let cls = m.forward(&x).unwrap();
+    let (full, trace) = m.forward_traced(&x).unwrap();
+    assert_eq!(trace.residual.last().unwrap().dims(), &[8, 17, 64]);
+    close("logits", &cls, &full);
+    let g_cls = cross_entropy(&cls, &y).unwrap().backward().unwrap();
+    let g_full = cross_entropy(&full, &y).unwrap().backward().unwrap();
+    for (name, var) in m.parameters() {
+        close(name, g_cls.get(var).unwrap(), g_full.get(var).unwrap());
+    }
+}
+
 fn small_gpt() -> GptConfig {
     GptConfig {
         vocab: 40,

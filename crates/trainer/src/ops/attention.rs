@@ -53,6 +53,10 @@ pub fn attention(
 /// batched matmuls, scale, additive mask, [`super::softmax_last_dim`], merge). Returns the context
 /// `(B, T, H·d_h)` and the attention probabilities `(B, H, T, T)` (rows sum to 1; lower-triangular
 /// when `causal`). Works on every device and float dtype.
+///
+/// Without `causal`, `q` may hold fewer rows per sequence (`(B, T_q, H·d_h)`, `1 ≤ T_q ≤ T`): the
+/// context is then `(B, T_q, H·d_h)` and the probabilities `(B, H, T_q, T)` — the ViT's last
+/// block, whose head reads the CLS row only, asks for its first query alone.
 pub fn attention_composite(
     q: &Tensor,
     k: &Tensor,
@@ -60,9 +64,10 @@ pub fn attention_composite(
     heads: usize,
     causal: bool,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    let g = Geometry::of(q, k, v, heads, causal)?;
+    let g = Geometry::of_queries(q, k, v, heads, causal)?;
+    let queries = q.dim(1)?;
     let split = |y: &Tensor| -> candle_core::Result<Tensor> {
-        y.reshape((g.batch, g.tokens, g.heads, g.head_dim))?
+        y.reshape((g.batch, y.dim(1)?, g.heads, g.head_dim))?
             .transpose(1, 2)?
             .contiguous()
     };
@@ -74,7 +79,7 @@ pub fn attention_composite(
     let probs = super::softmax_last_dim(&scores)?;
     let ctx = probs.matmul(&vh)?.transpose(1, 2)?.contiguous()?.reshape((
         g.batch,
-        g.tokens,
+        queries,
         g.heads * g.head_dim,
     ))?;
     Ok((ctx, probs))
@@ -97,13 +102,13 @@ fn causal_mask(t: usize, like: &Tensor) -> candle_core::Result<Tensor> {
 /// The sizes of one attention call, checked.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Geometry {
-    batch: usize,
-    tokens: usize,
-    heads: usize,
-    head_dim: usize,
+    pub(crate) batch: usize,
+    pub(crate) tokens: usize,
+    pub(crate) heads: usize,
+    pub(crate) head_dim: usize,
     /// `1/√d_h`.
-    scale: f64,
-    causal: bool,
+    pub(crate) scale: f64,
+    pub(crate) causal: bool,
 }
 
 impl Geometry {
@@ -133,16 +138,42 @@ impl Geometry {
         heads: usize,
         causal: bool,
     ) -> candle_core::Result<Self> {
+        if q.shape() != k.shape() {
+            return Err(OpsError::AttentionShape {
+                q: q.shape().clone(),
+                k: k.shape().clone(),
+                v: v.shape().clone(),
+                heads,
+            }
+            .into());
+        }
+        Self::of_queries(q, k, v, heads, causal)
+    }
+
+    /// As [`Geometry::of`], but `q` may hold fewer rows per sequence than `k` and `v` when not
+    /// `causal` (`(B, T_q, H·d_h)` queries against `(B, T, H·d_h)` keys and values); the geometry
+    /// is that of the keys.
+    fn of_queries(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        causal: bool,
+    ) -> candle_core::Result<Self> {
         let bad = || OpsError::AttentionShape {
             q: q.shape().clone(),
             k: k.shape().clone(),
             v: v.shape().clone(),
             heads,
         };
-        if q.shape() != k.shape() || q.shape() != v.shape() || heads == 0 {
+        if k.shape() != v.shape() || heads == 0 {
             return Err(bad().into());
         }
-        let (batch, tokens, width) = q.dims3().map_err(|_| bad())?;
+        let (batch, tokens, width) = k.dims3().map_err(|_| bad())?;
+        let (qb, qt, qw) = q.dims3().map_err(|_| bad())?;
+        if qb != batch || qw != width || qt == 0 || qt > tokens || (causal && qt != tokens) {
+            return Err(bad().into());
+        }
         if width % heads != 0 || width == 0 {
             return Err(bad().into());
         }
@@ -780,6 +811,52 @@ mod tests {
             let err = attention(q, k, v, heads, false).unwrap_err().to_string();
             assert!(err.contains("attention"), "{err}");
         }
+    }
+
+    /// One query row against all keys equals the first row of the full composite, in value and
+    /// in the gradients of a loss that reads only that row; causal or wider queries are refused.
+    #[test]
+    fn composite_with_the_first_query_only() {
+        let (q, k, v) = (
+            seeded((2, 6, 8), 1, DType::F64),
+            seeded((2, 6, 8), 2, DType::F64),
+            seeded((2, 6, 8), 3, DType::F64),
+        );
+        let w = seeded((2, 1, 8), 4, DType::F64);
+        let grads = |first_only: bool| {
+            let (qv, kv, vv) = (
+                Var::from_tensor(&q).unwrap(),
+                Var::from_tensor(&k).unwrap(),
+                Var::from_tensor(&v).unwrap(),
+            );
+            let qi = if first_only {
+                qv.as_tensor().narrow(1, 0, 1).unwrap()
+            } else {
+                qv.as_tensor().clone()
+            };
+            let (ctx, probs) =
+                attention_composite(&qi, kv.as_tensor(), vv.as_tensor(), 2, false).unwrap();
+            assert_eq!(probs.dims(), &[2, 2, if first_only { 1 } else { 6 }, 6]);
+            let row = ctx.narrow(1, 0, 1).unwrap();
+            let store = (row.clone() * &w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g = |x: &Var| store.get(x).unwrap().clone();
+            (row, g(&qv), g(&kv), g(&vv))
+        };
+        let (one, full) = (grads(true), grads(false));
+        assert!(max_abs_diff(&one.0, &full.0) < 1e-12);
+        assert!(max_abs_diff(&one.1, &full.1) < 1e-12);
+        assert!(max_abs_diff(&one.2, &full.2) < 1e-12);
+        assert!(max_abs_diff(&one.3, &full.3) < 1e-12);
+        let q1 = q.narrow(1, 0, 1).unwrap();
+        assert!(attention_composite(&q1, &k, &v, 2, true).is_err());
+        assert!(attention(&q1, &k, &v, 2, false).is_err());
+        let wide = seeded((2, 7, 8), 5, DType::F64);
+        assert!(attention_composite(&wide, &k, &v, 2, false).is_err());
     }
 
     #[test]

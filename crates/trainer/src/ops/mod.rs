@@ -51,6 +51,7 @@
 
 mod attention;
 mod error;
+mod first_query;
 mod gelu;
 mod kernels;
 mod layer_norm;

@@ -6,6 +6,7 @@
 //! the inputs.
 
 use super::attention::{self};
+use super::first_query;
 use super::gelu::{GeluBwd, GeluFwd};
 use super::kernels::{apply1_into, apply2_into};
 use super::layer_norm::{LayerNormBwd, LayerNormFwd};
@@ -65,6 +66,33 @@ pub(crate) fn attention_backward(
         ],
     );
     attention::backward_into(s, q, k, v, dc, dq, dk, dv);
+}
+
+/// The context of the first query of every sequence only, `(B, 1, H·d_h)` from `q` of that shape
+/// and the whole `k`, `v` ([`super::first_query`]): the ViT's last block.
+pub(crate) fn first_query_attention(
+    s: &AttentionShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    ctx: &mut [f32],
+) {
+    first_query::forward(s, q, k, v, ctx);
+}
+
+/// The backward pass of [`first_query_attention`]: `dq` `(B, 1, ·)`, `dk`, `dv` whole.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn first_query_attention_backward(
+    s: &AttentionShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dc: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    first_query::backward(s, q, k, v, dc, dq, dk, dv);
 }
 
 /// The kernels index rows by the shape: every buffer must hold exactly one `(B, T, H·d_h)`.
