@@ -415,7 +415,7 @@ impl Transformer {
             let cls_block = i == last && trace.is_none() && matches!(c, ModelConfig::Vit(_));
             let u = self.layer_norm(&blk.ln1, &h, &mut trace)?;
             let uq = if cls_block {
-                u.narrow(1, 0, 1)?
+                u.narrow(1, 0, 1)?.contiguous()?
             } else {
                 u.clone()
             };
