@@ -31,6 +31,45 @@ pub enum WeightSharing {
     Reduce,
 }
 
+/// The sizes of a capture: `N` samples of `T` positions (the product of the middle dimensions;
+/// 1 for a rank-2 capture), `n` input and `m` output features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CaptureDims {
+    pub(crate) samples: usize,
+    pub(crate) positions: usize,
+    pub(crate) n: usize,
+    pub(crate) m: usize,
+}
+
+impl CaptureDims {
+    /// Checked: input `(N, T…, n)` and output gradient `(N, T…, m)` with equal leading dimensions,
+    /// none of `N`, `n`, `m` zero.
+    pub(crate) fn of(capture: &LayerCapture) -> Result<Self> {
+        let (xd, gd) = (capture.input.dims(), capture.output_grad.dims());
+        let bad = |expected: &str| KfacError::Shape {
+            what: format!("capture of layer `{}`", capture.name),
+            expected: expected.into(),
+            found: format!("input {xd:?}, output_grad {gd:?}"),
+        };
+        if xd.len() < 2 || gd.len() != xd.len() || xd[..xd.len() - 1] != gd[..gd.len() - 1] {
+            return Err(bad(
+                "input (N, T…, n) and output_grad (N, T…, m) with equal leading dims",
+            ));
+        }
+        let (samples, n, m) = (xd[0], xd[xd.len() - 1], gd[gd.len() - 1]);
+        if samples == 0 || n == 0 || m == 0 {
+            return Err(bad("non-empty batch and feature dimensions"));
+        }
+        let positions = xd[1..xd.len() - 1].iter().product();
+        Ok(Self {
+            samples,
+            positions,
+            n,
+            m,
+        })
+    }
+}
+
 /// The batch's per-sample rows, from which both Kronecker factors are formed:
 /// `A = a_scale · ĀᵀĀ` and `G = g_scale · ĜᵀĜ` (see the module table).
 ///
@@ -51,28 +90,13 @@ impl CurvatureRows {
     /// Builds the rows of one capture in the given sharing mode (module table).
     pub fn from_capture(capture: &LayerCapture, sharing: WeightSharing) -> Result<Self> {
         let (x, og) = (&capture.input, &capture.output_grad);
-        let xd = x.dims();
-        let gd = og.dims();
-        if xd.len() < 2 || gd.len() != xd.len() || xd[..xd.len() - 1] != gd[..gd.len() - 1] {
-            return Err(KfacError::Shape {
-                what: format!("capture of layer `{}`", capture.name),
-                expected: "input (N, T…, n) and output_grad (N, T…, m) with equal leading dims"
-                    .into(),
-                found: format!("input {xd:?}, output_grad {gd:?}"),
-            });
-        }
-        let n_samples = xd[0];
-        let n = xd[xd.len() - 1];
-        let m = gd[gd.len() - 1];
-        let rows = x.elem_count() / n.max(1);
-        let t = rows / n_samples.max(1);
-        if n_samples == 0 || n == 0 || m == 0 {
-            return Err(KfacError::Shape {
-                what: format!("capture of layer `{}`", capture.name),
-                expected: "non-empty batch and feature dimensions".into(),
-                found: format!("input {xd:?}, output_grad {gd:?}"),
-            });
-        }
+        let CaptureDims {
+            samples: n_samples,
+            positions: t,
+            n,
+            m,
+        } = CaptureDims::of(capture)?;
+        let rows = n_samples * t;
         let x2 = x.reshape((rows, n))?;
         // Per-sample rescaling: autograd carries 1/N of the batch-mean loss.
         let g = (og.reshape((rows, m))? * n_samples as f64)?;

@@ -8,8 +8,9 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::cg::CgVector;
 use crate::error::Result;
-use crate::factors::{fold, frobenius};
+use crate::factors::{fold, frobenius, CaptureDims, WeightSharing};
 use crate::linear_op::{gemm_into, MatrixView};
+use crate::tracked::LayerCapture;
 
 /// A layer's folded gradient or update `[∇W ∇b]` (`m × k`): on the host for `f32` CPU layers,
 /// a tensor otherwise.
@@ -149,6 +150,104 @@ impl Folded {
             }
         }
     }
+}
+
+/// One capture's batch Kronecker factors on host buffers, row-major `f32`: `A` `k×k`, `G` `m×m`,
+/// and their traces.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchFactors {
+    pub(crate) a: Vec<f32>,
+    pub(crate) g: Vec<f32>,
+    pub(crate) traces: (f64, f64),
+}
+
+/// The batch factors of an `f32` CPU capture for a layer with `k` folded inputs (`n + 1` with a
+/// bias, `n` without): the rows of [`crate::factors::CurvatureRows::from_capture`] (output
+/// gradients times `N`; under reduce the inputs averaged and the gradients summed over the
+/// positions of each sample; a column of ones for the bias) built in one pass, then
+/// `A = a_scale·ĀᵀĀ` and `G = g_scale·ĜᵀĜ` by [`gemm_into`] on the calling thread. The tensor
+/// path's twenty-odd candle ops per layer cost more than the arithmetic at W1's sizes. `None`
+/// when a row is not finite; a `k` or `m` that does not fit the capture is an error.
+pub(crate) fn batch_factors(
+    cap: &LayerCapture,
+    sharing: WeightSharing,
+    (k, m): (usize, usize),
+) -> Result<Option<BatchFactors>> {
+    let d = CaptureDims::of(cap)?;
+    if !(k == d.n || k == d.n + 1) || m != d.m {
+        return Err(crate::error::KfacError::Shape {
+            what: format!("capture of layer `{}`", cap.name),
+            expected: format!(
+                "input (…, {}) and output_grad (…, {m})",
+                k.saturating_sub(1)
+            ),
+            found: format!("{:?} and {:?}", cap.input.dims(), cap.output_grad.dims()),
+        });
+    }
+    let x = cap.input.flatten_all()?.to_vec1::<f32>()?;
+    let og = cap.output_grad.flatten_all()?.to_vec1::<f32>()?;
+    let (n, t, samples) = (d.n, d.positions, d.samples);
+    let scale_n = samples as f32;
+    let (r, a_scale, g_scale) = match sharing {
+        WeightSharing::Expand => (
+            samples * t,
+            1.0 / (samples * t) as f64,
+            1.0 / samples as f64,
+        ),
+        WeightSharing::Reduce => (samples, 1.0 / samples as f64, 1.0 / samples as f64),
+    };
+    let mut abar = vec![0.0f32; r * k];
+    let mut gbar = vec![0.0f32; r * m];
+    // Rows of `Ā` and `Ĝ`: every position (expand), or each sample's `T` positions summed (reduce).
+    let per_row = if sharing == WeightSharing::Expand {
+        1
+    } else {
+        t
+    };
+    let inv_t = 1.0 / per_row as f32;
+    for (i, (ar, gr)) in abar
+        .chunks_exact_mut(k)
+        .zip(gbar.chunks_exact_mut(m))
+        .enumerate()
+    {
+        for p in i * per_row..(i + 1) * per_row {
+            for (o, &v) in ar[..n].iter_mut().zip(&x[p * n..(p + 1) * n]) {
+                *o += v;
+            }
+            for (o, &v) in gr.iter_mut().zip(&og[p * m..(p + 1) * m]) {
+                *o += v * scale_n;
+            }
+        }
+        if per_row > 1 {
+            ar[..n].iter_mut().for_each(|v| *v *= inv_t);
+        }
+        if k > n {
+            ar[n] = 1.0;
+        }
+    }
+    if !(all_finite(&abar) && all_finite(&gbar)) {
+        return Ok(None);
+    }
+    let traces = (a_scale * dot(&abar, &abar), g_scale * dot(&gbar, &gbar));
+    let gram = |rows: &[f32], w: usize, scale: f64| -> Vec<f32> {
+        let mut out = vec![0.0f32; w * w];
+        gemm_into(
+            &mut out,
+            (w, w, r),
+            false,
+            MatrixView::transposed(rows, w),
+            MatrixView::rows(rows, w),
+            1,
+        );
+        let s = scale as f32;
+        out.iter_mut().for_each(|v| *v *= s);
+        out
+    };
+    Ok(Some(BatchFactors {
+        a: gram(&abar, k, a_scale),
+        g: gram(&gbar, m, g_scale),
+        traces,
+    }))
 }
 
 /// `Σ xᵢyᵢ` accumulated in `f64`, in eight interleaved partial sums (which the compiler
@@ -412,6 +511,67 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The host factors equal the tensor path's (`CurvatureRows`, in `f64` as the reference) in
+    /// both sharing modes, with and without a bias, for several positions per sample, and a
+    /// non-finite row gives `None`.
+    #[test]
+    fn batch_factors_match_the_tensor_path() -> Result<()> {
+        use crate::factors::CurvatureRows;
+        let seeded = |dims: &[usize], seed: u64| -> Result<Tensor> {
+            let n: usize = dims.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|i| {
+                    let x = (i as u64 + 7).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seed;
+                    ((x >> 40) % 2001) as f32 / 1000.0 - 1.0
+                })
+                .collect();
+            Ok(Tensor::from_vec(v, dims, &Device::Cpu)?)
+        };
+        for sharing in [WeightSharing::Expand, WeightSharing::Reduce] {
+            for (t, bias) in [(1usize, true), (5, true), (5, false)] {
+                let cap = LayerCapture {
+                    name: "l".into(),
+                    input: seeded(&[6, t, 4], 1)?,
+                    output_grad: seeded(&[6, t, 3], 2)?,
+                };
+                let k = if bias { 5 } else { 4 };
+                let got = batch_factors(&cap, sharing, (k, 3))?.expect("finite rows");
+                let wide = LayerCapture {
+                    input: cap.input.to_dtype(DType::F64)?,
+                    output_grad: cap.output_grad.to_dtype(DType::F64)?,
+                    ..cap.clone()
+                };
+                let rows = CurvatureRows::from_capture(&wide, sharing)?.narrow_a(k)?;
+                let (a, g) = rows.factors()?;
+                let (ta, tg) = rows.traces()?;
+                for (name, host, want) in [("A", &got.a, a), ("G", &got.g, g)] {
+                    let want = want.flatten_all()?.to_vec1::<f64>()?;
+                    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    assert_eq!(host.len(), want.len(), "{name}");
+                    for (h, w) in host.iter().zip(&want) {
+                        assert!(
+                            (f64::from(*h) - w).abs() <= 1e-5 * scale,
+                            "{sharing:?} T={t} bias={bias} {name}: {h} vs {w}"
+                        );
+                    }
+                }
+                assert!((got.traces.0 - ta).abs() <= 1e-5 * ta.abs());
+                assert!((got.traces.1 - tg).abs() <= 1e-5 * tg.abs());
+            }
+        }
+        let mut bad = seeded(&[6, 2, 4], 1)?.flatten_all()?.to_vec1::<f32>()?;
+        bad[9] = f32::NAN;
+        let cap = LayerCapture {
+            name: "l".into(),
+            input: Tensor::from_vec(bad, (6, 2, 4), &Device::Cpu)?,
+            output_grad: seeded(&[6, 2, 3], 2)?,
+        };
+        assert!(batch_factors(&cap, WeightSharing::Reduce, (5, 3))?.is_none());
+        assert!(batch_factors(&cap, WeightSharing::Reduce, (7, 3)).is_err());
+        assert!(batch_factors(&cap, WeightSharing::Reduce, (5, 4)).is_err());
+        Ok(())
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::error::{KfacError, Result};
 use crate::factors::{
     all_finite, fold, frobenius, kronecker_quadratic_form, CurvatureRows, WeightSharing,
 };
-use crate::host::{diagonal_in_basis, on_host, Folded, HostEig, HostFactors};
+use crate::host::{batch_factors, diagonal_in_basis, on_host, Folded, HostEig, HostFactors};
 use crate::linalg::{damped_inverse, eigh, eigh_to_host};
 use crate::optim::{AdamW, AdamWConfig, GradientSource, NamedParams, Optimizer, SgdMomentum};
 use crate::tracked::{LayerCapture, TrackedLinear};
@@ -339,6 +339,13 @@ struct Inv {
 /// Folds one capture into `layer`'s factors (or rows, matrix-free): `Ok(false)` when the batch
 /// rows hold a NaN or ±∞ and were discarded.
 fn fold_capture(layer: &mut LayerState, cap: &LayerCapture, cfg: &KfacConfig) -> Result<bool> {
+    let host = cfg.solver != Solver::CgMatrixFree
+        && on_host(&cap.input)
+        && on_host(&cap.output_grad)
+        && on_host(layer.spec.weight.as_tensor());
+    if host {
+        return fold_capture_on_host(layer, cap, cfg);
+    }
     let rows = CurvatureRows::from_capture(cap, cfg.weight_sharing)?.narrow_a(layer.k)?;
     if rows.a_rows.dim(1)? != layer.k || rows.g_rows.dim(1)? != layer.m {
         return Err(KfacError::Shape {
@@ -382,6 +389,44 @@ fn fold_capture(layer: &mut LayerState, cap: &LayerCapture, cfg: &KfacConfig) ->
         layer.eigenvalues_stale = true;
         layer.warm_product = None;
     }
+    Ok(true)
+}
+
+/// [`fold_capture`] for `f32` CPU layers: the batch factors on host buffers
+/// ([`batch_factors`]), then `F ← βF + (1 − β)F_batch` in `f32` as the tensor path rounds it
+/// (each product rounded, then the sum).
+fn fold_capture_on_host(
+    layer: &mut LayerState,
+    cap: &LayerCapture,
+    cfg: &KfacConfig,
+) -> Result<bool> {
+    let Some(batch) = batch_factors(cap, cfg.weight_sharing, (layer.k, layer.m))? else {
+        return Ok(false);
+    };
+    let beta = cfg.ema_decay;
+    let (b_old, b_new) = (beta as f32, (1.0 - beta) as f32);
+    let ema = |old: &Option<Tensor>, mut new: Vec<f32>, n: usize| -> Result<Tensor> {
+        if let Some(o) = old {
+            let o = o.flatten_all()?.to_vec1::<f32>()?;
+            for (v, &p) in new.iter_mut().zip(&o) {
+                *v = p * b_old + *v * b_new;
+            }
+        }
+        Ok(Tensor::from_vec(new, (n, n), &candle_core::Device::Cpu)?)
+    };
+    let traces = batch.traces;
+    layer.traces = match layer.a {
+        Some(_) => (
+            beta * layer.traces.0 + (1.0 - beta) * traces.0,
+            beta * layer.traces.1 + (1.0 - beta) * traces.1,
+        ),
+        None => traces,
+    };
+    layer.a = Some(ema(&layer.a, batch.a, layer.k)?);
+    layer.g = Some(ema(&layer.g, batch.g, layer.m)?);
+    layer.host_factors = None;
+    layer.eigenvalues_stale = true;
+    layer.warm_product = None;
     Ok(true)
 }
 
