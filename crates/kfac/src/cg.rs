@@ -19,6 +19,12 @@ pub trait CgVector: Clone + Sized {
     fn add_scaled(&mut self, alpha: f64, x: &Self) -> Result<()>;
     /// `self ← r + β·self`.
     fn scale_add(&mut self, beta: f64, r: &Self) -> Result<()>;
+    /// `self ← self + α·x`, returning `⟨self, self⟩` of the result: one pass where the type can
+    /// fuse the two (CG's residual update and the norm of its stopping rule).
+    fn add_scaled_square_norm(&mut self, alpha: f64, x: &Self) -> Result<f64> {
+        self.add_scaled(alpha, x)?;
+        self.dot(self)
+    }
 }
 
 impl CgVector for Tensor {
@@ -146,8 +152,7 @@ pub fn conjugate_gradient_from<V: CgVector>(
         }
         let alpha = rho / pu;
         x.add_scaled(alpha, &p)?;
-        r.add_scaled(-alpha, &u)?;
-        let rho_new = r.dot(&r)?;
+        let rho_new = r.add_scaled_square_norm(-alpha, &u)?;
         if !rho_new.is_finite() {
             return Ok(broke(iterations, f64::NAN));
         }

@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::factors::{fold, frobenius, CaptureDims, WeightSharing};
 use crate::linear_op::{gemm_into, MatrixView};
 use crate::tracked::LayerCapture;
+use crate::vector::{axpy, axpy_square_norm, xpby};
 
 /// A layer's folded gradient or update `[∇W ∇b]` (`m × k`): on the host for `f32` CPU layers,
 /// a tensor otherwise.
@@ -250,40 +251,7 @@ pub(crate) fn batch_factors(
     }))
 }
 
-/// `Σ xᵢyᵢ` accumulated in `f64`, in eight interleaved partial sums (which the compiler
-/// vectorises; a single running sum cannot be reordered).
-pub(crate) fn dot(x: &[f32], y: &[f32]) -> f64 {
-    let n = x.len().min(y.len());
-    let (x, y) = (&x[..n], &y[..n]);
-    let mut acc = [0.0f64; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let tail: f64 = xc
-        .remainder()
-        .iter()
-        .zip(yc.remainder())
-        .map(|(&a, &b)| f64::from(a) * f64::from(b))
-        .sum();
-    for (a, b) in xc.zip(yc) {
-        for l in 0..8 {
-            acc[l] += f64::from(a[l]) * f64::from(b[l]);
-        }
-    }
-    acc.iter().sum::<f64>() + tail
-}
-
-/// Whether every value is finite: `0·x` is NaN exactly for NaN and ±∞, and a sum of zeros stays 0
-/// (a branch-free pass the compiler vectorises, unlike a short-circuiting search).
-pub(crate) fn all_finite(x: &[f32]) -> bool {
-    let mut acc = [0.0f32; 8];
-    let c = x.chunks_exact(8);
-    let tail = c.remainder().iter().fold(0.0f32, |s, &v| s + 0.0 * v);
-    for a in c {
-        for l in 0..8 {
-            acc[l] += 0.0 * a[l];
-        }
-    }
-    (acc.iter().sum::<f32>() + tail) == 0.0
-}
+pub(crate) use crate::vector::{all_finite, dot};
 
 impl CgVector for Vec<f32> {
     fn zeros_like(&self) -> Result<Self> {
@@ -299,18 +267,16 @@ impl CgVector for Vec<f32> {
     }
 
     fn add_scaled(&mut self, alpha: f64, x: &Self) -> Result<()> {
-        let a = alpha as f32;
-        for (s, &v) in self.iter_mut().zip(x) {
-            *s += a * v;
-        }
+        axpy(self, alpha as f32, x);
         Ok(())
     }
 
+    fn add_scaled_square_norm(&mut self, alpha: f64, x: &Self) -> Result<f64> {
+        Ok(axpy_square_norm(self, alpha as f32, x))
+    }
+
     fn scale_add(&mut self, beta: f64, r: &Self) -> Result<()> {
-        let b = beta as f32;
-        for (s, &v) in self.iter_mut().zip(r) {
-            *s = v + b * *s;
-        }
+        xpby(self, beta as f32, r);
         Ok(())
     }
 }
@@ -472,10 +438,7 @@ impl HostFactors {
             1,
         );
         if t != 0.0 {
-            let t = t as f32;
-            for (o, &v) in out.iter_mut().zip(x) {
-                *o += t * v;
-            }
+            axpy(&mut out, t as f32, x);
         }
         out
     }

@@ -77,6 +77,7 @@ pub mod linear_op;
 pub mod optim;
 pub mod precond;
 pub mod tracked;
+mod vector;
 
 #[cfg(test)]
 mod tests;
