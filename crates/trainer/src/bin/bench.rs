@@ -82,6 +82,10 @@ struct Args {
     /// train`'s, 20); the interleaved comparison's rounds last this many steps.
     #[arg(long)]
     k_inv: Option<u64>,
+    /// Factor refresh period of the W1 K-FAC and CG-FAC workloads (default: `bmt train`'s, 20),
+    /// to measure what the curvature backward and the factor folds cost.
+    #[arg(long)]
+    k_fac: Option<u64>,
     /// The K-FAC workloads' eigenvalue refresh between eigenbasis refreshes (default: on, as in
     /// `bmt train`), to measure what it costs.
     #[arg(long)]
@@ -93,14 +97,15 @@ struct Args {
     rounds: Option<usize>,
 }
 
-/// How every workload of one bench run trains: threads, backward pass, W1's K-FAC refresh period
-/// when `--k-inv` overrides the default, and the eigenvalue refresh when
+/// How every workload of one bench run trains: threads, backward pass, W1's K-FAC refresh periods
+/// when `--k-inv` / `--k-fac` override the defaults, and the eigenvalue refresh when
 /// `--eigenvalue-refresh` does.
 #[derive(Debug, Clone, Copy)]
 struct Knobs {
     threads: usize,
     backward: BackwardKind,
     w1_k_inv: Option<u64>,
+    w1_k_fac: Option<u64>,
     eigenvalue_refresh: Option<bool>,
 }
 
@@ -707,8 +712,13 @@ fn workload_config(w: &Workload, knobs: Knobs, text_origin: &str) -> TrainConfig
         if w.family == Family::W2 {
             k.k_fac = W2_K_FAC;
             k.k_inv = W2_K_INV;
-        } else if let Some(k_inv) = knobs.w1_k_inv {
-            k.k_inv = k_inv;
+        } else {
+            if let Some(k_inv) = knobs.w1_k_inv {
+                k.k_inv = k_inv;
+            }
+            if let Some(k_fac) = knobs.w1_k_fac {
+                k.k_fac = k_fac;
+            }
         }
         if let Some(on) = knobs.eigenvalue_refresh {
             k.eigenvalue_refresh = on;
@@ -1417,10 +1427,14 @@ fn bench(args: Args) -> Result<()> {
     if args.k_inv == Some(0) {
         bail!("--k-inv must be at least 1");
     }
+    if args.k_fac == Some(0) {
+        bail!("--k-fac must be at least 1");
+    }
     let knobs = Knobs {
         threads: args.threads,
         backward: args.backward,
         w1_k_inv: args.k_inv,
+        w1_k_fac: args.k_fac,
         eigenvalue_refresh: args.eigenvalue_refresh,
     };
     let selected: Vec<&Workload> = if args.only.is_empty() {
