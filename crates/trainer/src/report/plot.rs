@@ -942,6 +942,8 @@ fn cost(runs: &[RunData], dir: &Path) -> Result<Figure> {
     let names: Vec<String> = order.iter().map(|o| o.to_string()).collect();
     let mut sps = Panel {
         title: "Training steps per second (one dot per seed)".into(),
+        // The dots sit near the top of both panels (the y axes start at 0).
+        legend: Legend::LowerRight,
         x: "optimizer".into(),
         y: "steps / s".into(),
         x_names: Some(names.clone()),
@@ -951,6 +953,7 @@ fn cost(runs: &[RunData], dir: &Path) -> Result<Figure> {
     };
     let mut mem = Panel {
         title: "Optimizer state in the checkpoint".into(),
+        legend: Legend::LowerRight,
         x: "optimizer".into(),
         y: "MiB".into(),
         x_names: Some(names),
