@@ -338,3 +338,70 @@ fn an_edited_config_json_is_refused_on_resume() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A K-FAC run configured in code without settings (`kfac: None`) records the defaults it trained
+/// with in `config.json`, and resuming it with the same `None` continues on those recorded
+/// settings: later changes of the defaults cannot silently switch a run's schedule.
+#[test]
+fn kfac_settings_left_to_the_defaults_are_recorded_and_resumed() {
+    let mut config = TrainConfig::w1();
+    config.optimizer = bmt_trainer::config::OptimizerKind::Cgfac;
+    config.lr = bmt_trainer::kfac::DEFAULT_LR;
+    config.epochs = 1;
+    config.batch_size = 256;
+    config.diagnostics = false;
+    assert!(config.kfac.is_none());
+    let dir = tmp("kfac-settings");
+    let quiet = RunOptions {
+        quiet: true,
+        ..Default::default()
+    };
+    run(config.clone(), &dir, &quiet).unwrap();
+    let saved = bmt_trainer::run::read_config(&dir).unwrap();
+    let expected = bmt_trainer::kfac::KfacSettings::for_model(config.optimizer, &config.model);
+    assert_eq!(saved.kfac.as_ref(), Some(&expected));
+
+    // Settings other than today's defaults in config.json (as if the defaults had changed since the
+    // run started) are the ones a resume with `kfac: None` continues on, without a mismatch error.
+    let mut edited = saved.clone();
+    let k = edited.kfac.as_mut().unwrap();
+    k.k_fac = 7;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&edited).unwrap(),
+    )
+    .unwrap();
+    let mut again = config;
+    again.epochs = 2;
+    let err = run(
+        again.clone(),
+        &dir,
+        &RunOptions {
+            resume: true,
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    // The checkpoint holds the settings it was written with: the edit is refused, naming `kfac`.
+    assert!(err.contains("kfac"), "{err}");
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&saved).unwrap(),
+    )
+    .unwrap();
+    run(
+        again,
+        &dir,
+        &RunOptions {
+            resume: true,
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let resumed = bmt_trainer::run::read_config(&dir).unwrap();
+    assert_eq!(resumed.kfac.as_ref(), Some(&expected));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::cg::CgVector;
-use crate::error::Result;
+use crate::error::{KfacError, Result};
 use crate::factors::{fold, frobenius, CaptureDims, WeightSharing};
 use crate::linear_op::{gemm_into, MatrixView};
 use crate::tracked::LayerCapture;
@@ -253,29 +253,48 @@ pub(crate) fn batch_factors(
 
 pub(crate) use crate::vector::{all_finite, dot};
 
+/// `Ok` when two CG vectors have one length, the error a tensor op would give otherwise (the
+/// kernels alone would work on the common prefix and drop the rest silently).
+fn same_len(a: &[f32], b: &[f32]) -> Result<()> {
+    if a.len() == b.len() {
+        Ok(())
+    } else {
+        Err(KfacError::Shape {
+            what: "a CG vector".into(),
+            expected: format!("[{}]", a.len()),
+            found: format!("[{}]", b.len()),
+        })
+    }
+}
+
 impl CgVector for Vec<f32> {
     fn zeros_like(&self) -> Result<Self> {
         Ok(vec![0.0; self.len()])
     }
 
     fn dot(&self, other: &Self) -> Result<f64> {
+        same_len(self, other)?;
         Ok(dot(self, other))
     }
 
     fn minus(&self, other: &Self) -> Result<Self> {
+        same_len(self, other)?;
         Ok(self.iter().zip(other).map(|(a, b)| a - b).collect())
     }
 
     fn add_scaled(&mut self, alpha: f64, x: &Self) -> Result<()> {
+        same_len(self, x)?;
         axpy(self, alpha as f32, x);
         Ok(())
     }
 
     fn add_scaled_square_norm(&mut self, alpha: f64, x: &Self) -> Result<f64> {
+        same_len(self, x)?;
         Ok(axpy_square_norm(self, alpha as f32, x))
     }
 
     fn scale_add(&mut self, beta: f64, r: &Self) -> Result<()> {
+        same_len(self, r)?;
         xpby(self, beta as f32, r);
         Ok(())
     }
@@ -447,6 +466,21 @@ impl HostFactors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cg_vectors_of_different_lengths_are_an_error() {
+        let (mut a, b) = (vec![1.0f32; 5], vec![1.0f32; 3]);
+        assert!(CgVector::dot(&a, &b).is_err());
+        assert!(a.minus(&b).is_err());
+        assert!(a.add_scaled(1.0, &b).is_err());
+        assert!(a.add_scaled_square_norm(1.0, &b).is_err());
+        assert!(a.scale_add(1.0, &b).is_err());
+        assert_eq!(a, vec![1.0f32; 5], "a failed update must not write");
+        assert_eq!(
+            a.add_scaled_square_norm(1.0, &vec![1.0f32; 5]).unwrap(),
+            20.0
+        );
+    }
 
     #[test]
     fn dot_and_finiteness_on_every_length() {

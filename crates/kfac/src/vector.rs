@@ -6,8 +6,10 @@
 //! baseline target otherwise. The bodies keep eight independent partial sums and no implicit
 //! fused multiply-add (Rust never contracts `a * b + c`), so both copies round every operation the
 //! same way and return bit-identical results; the AVX2 copy only does it four or eight lanes at a
-//! time. In a CG-FAC solve of W1 these passes cost about as much as the two GEMMs of an operator
-//! application when compiled for the x86-64 baseline (docs/BENCHMARKS.md).
+//! time. Compiled for the x86-64 baseline alone, these passes took 37 % of a CG-FAC solve of W1's
+//! layers against the GEMMs' 52 % (`perf`, docs/BENCHMARKS.md). Every kernel works on the common
+//! length of its arguments; the callers ([`crate::host`]'s `CgVector` impl) check that lengths
+//! agree first.
 
 /// Partial sums per inner product: the lanes the compiler vectorises over.
 const LANES: usize = 8;

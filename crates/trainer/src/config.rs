@@ -132,6 +132,21 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Fills [`TrainConfig::kfac`] with the chosen optimizer's defaults for this model
+    /// ([`crate::kfac::KfacSettings::for_model`]) when it is `None` under `kfac` or `cgfac`, so
+    /// that a run's `config.json` records the settings it trained with and a resume continues on
+    /// them even after the defaults change. Other optimizers are left as they are.
+    pub fn resolve_kfac_settings(&mut self) {
+        if self.kfac.is_none()
+            && matches!(self.optimizer, OptimizerKind::Kfac | OptimizerKind::Cgfac)
+        {
+            self.kfac = Some(crate::kfac::KfacSettings::for_model(
+                self.optimizer,
+                &self.model,
+            ));
+        }
+    }
+
     /// W1-adamw on the embedded digits (WORKLOADS.md), 30 epochs, seed 0.
     pub fn w1() -> Self {
         Self {

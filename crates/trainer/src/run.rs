@@ -806,6 +806,19 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         }
         // Runs made before fingerprints existed have none and keep none.
         config.data_fingerprint = saved.data_fingerprint.clone();
+        // No K-FAC settings asked for means the run's own (a run records them since they exist).
+        if config.kfac.is_none() {
+            config.kfac = saved.kfac.clone();
+        }
+        if saved.kfac.is_none()
+            && matches!(config.optimizer, OptimizerKind::Kfac | OptimizerKind::Cgfac)
+            && !options.quiet
+        {
+            eprintln!(
+                "warning: {}'s config.json records no K-FAC settings (a run configured in code with `kfac: None`); it resumes with this version's defaults, which may differ from those it started with",
+                out.display()
+            );
+        }
         config
             .resumable_from(&saved)
             .map_err(|msg| TrainError::Resume {
@@ -841,6 +854,7 @@ pub fn run(mut config: TrainConfig, out: &Path, options: &RunOptions) -> Result<
         latest
     } else {
         config.data_fingerprint = Some(fingerprint);
+        config.resolve_kfac_settings();
         None
     };
     let n_train = data.train().len();

@@ -242,10 +242,13 @@ struct KfacBreakdown {
     /// Mean solve milliseconds of the steps (warm-up included) that recomputed eigenbases /
     /// inverses; `None` if none did (the CG solvers keep none).
     inverse_refresh_solve_ms: Option<f64>,
-    /// Milliseconds per training step over a whole `k_inv` cycle: the mean of the timed steps
-    /// without an inverse refresh, plus `(inverse_refresh_solve_ms − their mean solve ms) / k_inv`.
-    /// Equals `ms_per_step` when the timed steps cover whole cycles; for W2 (k_inv = 100, ~10
-    /// timed steps) it adds the refresh of step 0, seen in the warm-up, at its share.
+    /// Milliseconds per training step over a whole `k_inv` cycle: the mean `p` of the timed steps
+    /// without an inverse refresh, plus `(r − p) / k_inv` with `r` the mean of the timed steps
+    /// with one (whatever else they refresh: with `k_fac = k_inv` the curvature backward and the
+    /// factor fold too). Equals `ms_per_step` when the timed steps cover whole cycles. Without a
+    /// timed refresh (W2: k_inv = 100, ~10 timed steps) it adds the K-FAC work (curvature
+    /// backward, factor fold, solve) of the refreshes seen in the warm-up beyond that of a timed
+    /// step, at its share: step 0's whole time carries first-step costs that are not K-FAC's.
     amortised_ms_per_step: Option<f64>,
 }
 
@@ -930,10 +933,13 @@ fn bench_workload(
     let mut cg_steps = 0usize;
     let mut max_step = 0.0f64;
     let mut last_loss = f64::NAN;
-    // Inverse-refresh solve seconds (warm-up included); timed non-refresh steps: count, training
-    // seconds, solve seconds.
+    // Inverse-refresh steps (warm-up included): solve seconds and K-FAC work seconds; timed
+    // inverse-refresh steps' training seconds; timed non-refresh steps: count, training seconds,
+    // K-FAC work seconds.
     let mut inv_solves = Vec::new();
-    let (mut plain_n, mut plain_train, mut plain_solve) = (0usize, 0.0f64, 0.0f64);
+    let mut inv_work = Vec::new();
+    let mut refresh_train = Vec::new();
+    let (mut plain_n, mut plain_train, mut plain_work) = (0usize, 0.0f64, 0.0f64);
     for i in 0..warmup + steps {
         let (mut st, batch) = stepper.step()?;
         if let Some((diagnostics, metrics)) = diag.as_mut() {
@@ -942,9 +948,14 @@ fn bench_workload(
             st.phases.diagnostics += td.elapsed().as_secs_f64();
         }
         last_loss = st.outcome.loss;
+        let work = |b: &KfacBreakdown| b.curvature_backward_s + b.other_s + b.factors_s + b.solve_s;
         if let Some((b, _)) = &st.kfac {
             if b.inverse_refresh_steps > 0 {
                 inv_solves.push(b.solve_s);
+                inv_work.push(work(b));
+                if i >= warmup {
+                    refresh_train.push(st.phases.train());
+                }
             }
         }
         if i < warmup {
@@ -962,7 +973,7 @@ fn bench_workload(
             if b.inverse_refresh_steps == 0 {
                 plain_n += 1;
                 plain_train += st.phases.train();
-                plain_solve += b.solve_s;
+                plain_work += work(&b);
             }
             if ran_cg {
                 kb.cg_iterations_mean += b.cg_iterations_mean;
@@ -1024,14 +1035,18 @@ fn bench_workload(
         } else {
             let inv_ms = 1e3 * inv_solves.iter().sum::<f64>() / inv_solves.len() as f64;
             kb.inverse_refresh_solve_ms = Some(inv_ms);
+            let mean = |v: &[f64]| 1e3 * v.iter().sum::<f64>() / v.len().max(1) as f64;
+            let k_inv = k.k_inv.max(1) as f64;
             kb.amortised_ms_per_step = Some(if plain_n == 0 {
                 ms_per_step
             } else {
-                let (pt, ps) = (
-                    1e3 * plain_train / plain_n as f64,
-                    1e3 * plain_solve / plain_n as f64,
-                );
-                pt + (inv_ms - ps).max(0.0) / k.k_inv.max(1) as f64
+                let pt = 1e3 * plain_train / plain_n as f64;
+                if refresh_train.is_empty() {
+                    let pw = 1e3 * plain_work / plain_n as f64;
+                    pt + (mean(&inv_work) - pw).max(0.0) / k_inv
+                } else {
+                    pt + (mean(&refresh_train) - pt) / k_inv
+                }
             });
         }
     }
@@ -1354,7 +1369,8 @@ fn print_report(r: &Report) {
         println!(
             "Inverse-refresh solve: the mean solve time of the steps that recomputed eigenbases / \
              inverses, warm-up included (step 0 always does). ms/step over a k_inv cycle: the timed \
-             steps without such a refresh, plus that solve's excess over theirs divided by k_inv."
+             steps without such a refresh, plus the excess of the timed steps with one over them \
+             divided by k_inv (without a timed refresh: the excess K-FAC work of the warm-up's)."
         );
         println!();
     }

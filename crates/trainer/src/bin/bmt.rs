@@ -132,10 +132,10 @@ struct TrainArgs {
     /// Fisher type: mc (Monte-Carlo labels, the default) or empirical (kfac/cgfac only).
     #[arg(long)]
     fisher: Option<String>,
-    /// Factor refresh period in steps (kfac/cgfac only).
+    /// Factor refresh period in steps (kfac/cgfac only; default 20).
     #[arg(long)]
     k_fac: Option<u64>,
-    /// Eigenbasis / inverse refresh period in steps (kfac/cgfac only).
+    /// Eigenbasis / inverse refresh period in steps (kfac/cgfac only; default 20).
     #[arg(long)]
     k_inv: Option<u64>,
     /// Re-estimate the eigenvalues in the kept eigenbases on every factor refresh between

@@ -124,8 +124,8 @@ impl ReportOptions {
     }
 
     /// The configuration of one run: `TrainConfig::w1()` with the optimizer and seed (the split
-    /// seed equals the seed), K-FAC and CG-FAC at [`crate::kfac::DEFAULT_LR`]; quick: 2 epochs at
-    /// batch 32.
+    /// seed equals the seed), K-FAC and CG-FAC at [`crate::kfac::DEFAULT_LR`] with their settings
+    /// resolved to the current defaults; quick: 2 epochs at batch 32.
     pub fn config(&self, optimizer: OptimizerKind, seed: u64) -> TrainConfig {
         let mut c = TrainConfig::w1();
         c.optimizer = optimizer;
@@ -139,6 +139,8 @@ impl ReportOptions {
             c.epochs = QUICK_EPOCHS;
             c.batch_size = QUICK_BATCH;
         }
+        // As `run` records it, so that a finished run made with other K-FAC defaults is not reused.
+        c.resolve_kfac_settings();
         c
     }
 }
