@@ -72,6 +72,7 @@ pub mod cg;
 pub mod error;
 pub mod factors;
 mod host;
+mod host_update;
 mod linalg;
 pub mod linear_op;
 pub mod optim;

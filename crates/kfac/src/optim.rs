@@ -8,9 +8,10 @@
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use crate::error::{KfacError, Result};
+use crate::host_update::{adamw_step, sgd_step, takes_host_path, AdamWScalars};
 
 /// Parameters sorted by name: the canonical order for every per-parameter state.
 #[derive(Debug, Clone, Default)]
@@ -147,12 +148,21 @@ fn check(ok: bool, name: &'static str, value: f64, hint: &'static str) -> Result
 
 /// AdamW with PyTorch's update: with bias corrections `c₁ = 1 − β₁ᵗ`, `c₂ = 1 − β₂ᵗ`,
 /// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`, `θ ← θ(1 − ηλ) − (η/c₁)·m / (√v/√c₂ + ε)`.
+///
+/// `f32` parameters in CPU memory take one in-place pass over host buffers
+/// ([`crate::host_update`]) with bit-identical results; every other dtype and device takes
+/// candle tensor ops.
 #[derive(Debug)]
 pub struct AdamW {
     params: NamedParams,
     config: AdamWConfig,
     step: u64,
+    /// The moments of parameters on the tensor path (and as loaded from a checkpoint).
     moments: Vec<Option<(Tensor, Tensor)>>,
+    /// The moments of parameters on the host path.
+    host_moments: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+    /// Whether `f32` CPU parameters may take the host path (tests turn it off to compare).
+    host_path: bool,
 }
 
 impl AdamW {
@@ -160,11 +170,14 @@ impl AdamW {
     pub fn new(params: NamedParams, config: AdamWConfig) -> Result<Self> {
         config.validate()?;
         let moments = vec![None; params.len()];
+        let host_moments = vec![None; params.len()];
         Ok(Self {
             params,
             config,
             step: 0,
             moments,
+            host_moments,
+            host_path: true,
         })
     }
 
@@ -186,10 +199,31 @@ impl Optimizer for AdamW {
         let t = self.step as i32;
         let step_size = c.lr / (1.0 - c.beta1.powi(t));
         let sqrt_c2 = (1.0 - c.beta2.powi(t)).sqrt();
-        for ((name, var), moments) in self.params.iter().zip(self.moments.iter_mut()) {
+        let decay = 1.0 - c.lr * c.weight_decay;
+        let scalars = AdamWScalars::new((c.beta1, c.beta2, c.eps), sqrt_c2, step_size, decay);
+        for (((name, var), moments), host) in self
+            .params
+            .iter()
+            .zip(self.moments.iter_mut())
+            .zip(self.host_moments.iter_mut())
+        {
             let Some(g) = grads.gradient(name, var) else {
                 continue;
             };
+            if self.host_path && takes_host_path(var, &g) {
+                if let Some((m, v)) = moments.take() {
+                    let read = |t: &Tensor| -> Result<Vec<f32>> {
+                        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+                    };
+                    *host = Some((read(&m)?, read(&v)?));
+                }
+                adamw_step(var, &g, host, scalars)?;
+                continue;
+            }
+            if let Some((m, v)) = host.take() {
+                let t = |x: Vec<f32>| Tensor::from_vec(x, var.shape(), var.device());
+                *moments = Some((t(m)?.to_dtype(var.dtype())?, t(v)?.to_dtype(var.dtype())?));
+            }
             let (m, v) = match moments.take() {
                 Some((m, v)) => (
                     ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?,
@@ -199,7 +233,7 @@ impl Optimizer for AdamW {
             };
             let denom = ((v.sqrt()? / sqrt_c2)? + c.eps)?;
             let update = ((&m / denom)? * step_size)?;
-            let decayed = (var.as_tensor() * (1.0 - c.lr * c.weight_decay))?;
+            let decayed = (var.as_tensor() * decay)?;
             var.set(&(decayed - update)?)?;
             *moments = Some((m, v));
         }
@@ -223,10 +257,19 @@ impl Optimizer for AdamW {
             "adamw.step".to_string(),
             Tensor::new(&[self.step as f64], &device)?,
         )];
-        for ((name, var), moments) in self.params.iter().zip(self.moments.iter()) {
-            let (m, v) = match moments {
-                Some((m, v)) => (m.clone(), v.clone()),
-                None => (var.zeros_like()?, var.zeros_like()?),
+        for (((name, var), moments), host) in self
+            .params
+            .iter()
+            .zip(self.moments.iter())
+            .zip(self.host_moments.iter())
+        {
+            let (m, v) = match (moments, host) {
+                (Some((m, v)), _) => (m.clone(), v.clone()),
+                (None, Some((m, v))) => {
+                    let t = |x: &Vec<f32>| Tensor::from_vec(x.clone(), var.shape(), var.device());
+                    (t(m)?, t(v)?)
+                }
+                (None, None) => (var.zeros_like()?, var.zeros_like()?),
             };
             out.push((format!("adamw.m.{name}"), m));
             out.push((format!("adamw.v.{name}"), v));
@@ -252,19 +295,29 @@ impl Optimizer for AdamW {
             let to = |t: &Tensor| t.to_dtype(var.dtype())?.to_device(var.device());
             *moments = Some((to(&m)?, to(&v)?));
         }
+        self.host_moments.iter_mut().for_each(|h| *h = None);
         Ok(())
     }
 }
 
 /// SGD with heavy-ball momentum, PyTorch's form: `b ← μb + (g + λθ)` (the first step `b = g + λθ`),
 /// `θ ← θ − ηb`.
+///
+/// `f32` parameters in CPU memory take one in-place pass over host buffers
+/// ([`crate::host_update`]) with bit-identical results; every other dtype and device takes
+/// candle tensor ops.
 #[derive(Debug)]
 pub struct SgdMomentum {
     params: NamedParams,
     lr: f64,
     momentum: f64,
     weight_decay: f64,
+    /// Buffers of parameters on the tensor path (and as loaded from a checkpoint).
     buffers: Vec<Option<Tensor>>,
+    /// Buffers of parameters on the host path.
+    host_buffers: Vec<Option<Vec<f32>>>,
+    /// Whether `f32` CPU parameters may take the host path (tests turn it off to compare).
+    host_path: bool,
 }
 
 impl SgdMomentum {
@@ -284,12 +337,15 @@ impl SgdMomentum {
             "a value ≥ 0",
         )?;
         let buffers = vec![None; params.len()];
+        let host_buffers = vec![None; params.len()];
         Ok(Self {
             params,
             lr,
             momentum,
             weight_decay,
             buffers,
+            host_buffers,
+            host_path: true,
         })
     }
 
@@ -301,10 +357,26 @@ impl SgdMomentum {
 
 impl Optimizer for SgdMomentum {
     fn step(&mut self, grads: &dyn GradientSource) -> Result<()> {
-        for ((name, var), buffer) in self.params.iter().zip(self.buffers.iter_mut()) {
+        for (((name, var), buffer), host) in self
+            .params
+            .iter()
+            .zip(self.buffers.iter_mut())
+            .zip(self.host_buffers.iter_mut())
+        {
             let Some(mut g) = grads.gradient(name, var) else {
                 continue;
             };
+            if self.host_path && takes_host_path(var, &g) {
+                if let Some(b) = buffer.take() {
+                    *host = Some(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+                }
+                sgd_step(var, &g, host, (self.lr, self.momentum, self.weight_decay))?;
+                continue;
+            }
+            if let Some(b) = host.take() {
+                *buffer =
+                    Some(Tensor::from_vec(b, var.shape(), var.device())?.to_dtype(var.dtype())?);
+            }
             if self.weight_decay > 0.0 {
                 g = (g + (var.as_tensor() * self.weight_decay)?)?;
             }
@@ -328,10 +400,16 @@ impl Optimizer for SgdMomentum {
 
     fn state(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
-        for ((name, var), buffer) in self.params.iter().zip(self.buffers.iter()) {
-            let (b, present) = match buffer {
-                Some(b) => (b.clone(), 1.0),
-                None => (var.zeros_like()?, 0.0),
+        for (((name, var), buffer), host) in self
+            .params
+            .iter()
+            .zip(self.buffers.iter())
+            .zip(self.host_buffers.iter())
+        {
+            let (b, present) = match (buffer, host) {
+                (Some(b), _) => (b.clone(), 1.0),
+                (None, Some(h)) => (Tensor::from_vec(h.clone(), var.shape(), var.device())?, 1.0),
+                (None, None) => (var.zeros_like()?, 0.0),
             };
             out.push((format!("sgd.buf.{name}"), b));
             out.push((
@@ -359,6 +437,7 @@ impl Optimizer for SgdMomentum {
                 None
             };
         }
+        self.host_buffers.iter_mut().for_each(|h| *h = None);
         Ok(())
     }
 }
@@ -475,5 +554,121 @@ mod tests {
         };
         let err = AdamW::new(NamedParams::default(), bad).unwrap_err();
         assert!(err.to_string().contains("beta2"), "{err}");
+    }
+
+    /// `n` values spread over several magnitudes and both signs, zeros included.
+    fn spread(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u32 ^ seed).wrapping_mul(2_654_435_761);
+                if h % 17 == 0 {
+                    return 0.0;
+                }
+                let mag = 10f32.powi((h % 9) as i32 - 6);
+                let sign = if h & 1 == 0 { 1.0 } else { -1.0 };
+                sign * mag * (1.0 + (h % 1000) as f32 / 1000.0)
+            })
+            .collect()
+    }
+
+    /// The host path of `f32` CPU parameters (`make(params, true)`) against the tensor ops
+    /// (`make(params, false)`), bit for bit, over steps where one parameter gets no gradient at
+    /// first, and through a save / load into a fresh optimizer in the middle.
+    fn host_path_matches_the_tensor_ops<O: Optimizer>(
+        make: impl Fn(NamedParams, bool) -> Result<O>,
+    ) -> Result<()> {
+        let dev = Device::Cpu;
+        let shapes: [&[usize]; 3] = [&[5, 7], &[13], &[1]];
+        let vars = || -> Result<Vec<Var>> {
+            shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let n = s.iter().product();
+                    Ok(Var::from_tensor(&Tensor::from_vec(
+                        spread(n, 100 + i as u32),
+                        *s,
+                        &dev,
+                    )?)?)
+                })
+                .collect()
+        };
+        let named = |vars: &[Var]| {
+            NamedParams::new(
+                vars.iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("p{i}"), v.clone()))
+                    .collect(),
+            )
+        };
+        let grads = |step: u32| -> Result<HashMap<String, Tensor>> {
+            let mut g = HashMap::new();
+            for (i, s) in shapes.iter().enumerate() {
+                // p1 gets no gradient on step 1: its state starts a step late.
+                if i == 1 && step == 1 {
+                    continue;
+                }
+                let n = s.iter().product();
+                let v = spread(n, 7 * step + i as u32);
+                g.insert(format!("p{i}"), Tensor::from_vec(v, *s, &dev)?);
+            }
+            Ok(g)
+        };
+        let bits = |vars: &[Var]| -> Result<Vec<u32>> {
+            let mut out = Vec::new();
+            for v in vars {
+                let x = v.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+                out.extend(x.into_iter().map(f32::to_bits));
+            }
+            Ok(out)
+        };
+        let state_bits = |o: &O| -> Result<Vec<(String, Vec<u64>)>> {
+            let mut out = Vec::new();
+            for (k, t) in o.state()? {
+                let x = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+                out.push((k, x.into_iter().map(f64::to_bits).collect()));
+            }
+            Ok(out)
+        };
+        let (host_vars, tensor_vars) = (vars()?, vars()?);
+        let mut host = make(named(&host_vars), true)?;
+        let mut tensor = make(named(&tensor_vars), false)?;
+        for step in 0..3 {
+            host.step(&grads(step)?)?;
+            tensor.step(&grads(step)?)?;
+            assert_eq!(bits(&host_vars)?, bits(&tensor_vars)?, "step {step}");
+        }
+        assert_eq!(state_bits(&host)?, state_bits(&tensor)?);
+        let saved: HashMap<String, Tensor> = host.state()?.into_iter().collect();
+        let mut resumed = make(named(&host_vars), true)?;
+        resumed.load_state(&saved)?;
+        for step in 3..5 {
+            resumed.step(&grads(step)?)?;
+            tensor.step(&grads(step)?)?;
+            assert_eq!(bits(&host_vars)?, bits(&tensor_vars)?, "step {step}");
+        }
+        assert_eq!(state_bits(&resumed)?, state_bits(&tensor)?);
+        Ok(())
+    }
+
+    #[test]
+    fn adamw_host_path_matches_the_tensor_ops_bit_for_bit() -> Result<()> {
+        host_path_matches_the_tensor_ops(|p, host| {
+            let mut o = AdamW::new(p, AdamWConfig::default())?;
+            o.host_path = host;
+            Ok(o)
+        })
+    }
+
+    #[test]
+    fn sgd_host_path_matches_the_tensor_ops_bit_for_bit() -> Result<()> {
+        for (momentum, weight_decay) in [(0.9, 0.01), (0.9, 0.0), (0.0, 0.01)] {
+            host_path_matches_the_tensor_ops(|p, host| {
+                let mut o = SgdMomentum::new(p, 0.05, momentum, weight_decay)?;
+                o.host_path = host;
+                Ok(o)
+            })?;
+        }
+        Ok(())
     }
 }
