@@ -15,7 +15,9 @@ use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
 use crate::error::Result;
 
 /// Whether `var` and its gradient `g` take the host path: both `f32`, in CPU memory, contiguous,
-/// of one shape.
+/// of one shape, in separate storage (a gradient that is a view of the parameter itself, which
+/// only a hand-made `GradientSource` can give, takes the tensor path: the in-place op refuses
+/// aliased operands).
 pub(crate) fn takes_host_path(var: &Var, g: &Tensor) -> bool {
     let t = var.as_tensor();
     t.dtype() == DType::F32
@@ -25,6 +27,14 @@ pub(crate) fn takes_host_path(var: &Var, g: &Tensor) -> bool {
         && t.is_contiguous()
         && g.is_contiguous()
         && t.dims() == g.dims()
+        && storage_address(t) != storage_address(g)
+}
+
+/// The address of a tensor's storage (one read lock, released before returning): equal for
+/// tensors that share it.
+fn storage_address(t: &Tensor) -> usize {
+    let (storage, _) = t.storage_and_layout();
+    std::ptr::from_ref(&*storage).addr()
 }
 
 /// The scalars of one AdamW step as the tensor path casts them to `f32`.
@@ -152,6 +162,9 @@ struct SgdInPlace<'a> {
     /// `η`, `μ`, `λ` as the tensor path casts them.
     lr: f32,
     momentum: f32,
+    /// `μ > 0` in `f64`, as the tensor path decides whether to accumulate (a positive `μ` below
+    /// `f32`'s range still accumulates there, times zero).
+    momentum_positive: bool,
     weight_decay: Option<f32>,
 }
 
@@ -188,7 +201,7 @@ impl InplaceOp2 for SgdInPlace<'_> {
         let mut slot = self.buffer.borrow_mut();
         // The tensor path replaces the buffer by the gradient on the first step and without
         // momentum, and accumulates into it otherwise.
-        let accumulate = slot.is_some() && self.momentum > 0.0;
+        let accumulate = slot.is_some() && self.momentum_positive;
         let b = slot.get_or_insert_with(|| vec![0.0; g.len()]);
         if b.len() != g.len() {
             candle_core::bail!("sgd-momentum-in-place: the buffer does not match the parameter");
@@ -221,6 +234,7 @@ pub(crate) fn sgd_step(
         buffer: RefCell::new(buffer),
         lr: lr as f32,
         momentum: momentum as f32,
+        momentum_positive: momentum > 0.0,
         weight_decay: (weight_decay > 0.0).then_some(weight_decay as f32),
     };
     var.as_tensor().inplace_op2(g, &op)?;

@@ -660,9 +660,39 @@ mod tests {
         })
     }
 
+    /// A gradient that shares the parameter's storage (a hand-made gradient source) updates as
+    /// the tensor ops do instead of failing the in-place op.
+    #[test]
+    fn a_gradient_aliasing_its_parameter_takes_the_tensor_path() -> Result<()> {
+        let dev = Device::Cpu;
+        let run = |host: bool| -> Result<Vec<f32>> {
+            let w = Var::from_tensor(&Tensor::new(&[1.0f32, -2.0, 3.0, 4.0], &dev)?)?;
+            let mut o = SgdMomentum::new(
+                NamedParams::new(vec![("w".into(), w.clone())]),
+                0.1,
+                0.9,
+                0.0,
+            )?;
+            o.host_path = host;
+            let mut a = AdamW::new(
+                NamedParams::new(vec![("w".into(), w.clone())]),
+                AdamWConfig::default(),
+            )?;
+            a.host_path = host;
+            for _ in 0..2 {
+                let g: HashMap<String, Tensor> = [("w".to_string(), w.as_tensor().clone())].into();
+                o.step(&g)?;
+                a.step(&g)?;
+            }
+            Ok(w.as_tensor().to_vec1::<f32>()?)
+        };
+        assert_eq!(run(true)?, run(false)?);
+        Ok(())
+    }
+
     #[test]
     fn sgd_host_path_matches_the_tensor_ops_bit_for_bit() -> Result<()> {
-        for (momentum, weight_decay) in [(0.9, 0.01), (0.9, 0.0), (0.0, 0.01)] {
+        for (momentum, weight_decay) in [(0.9, 0.01), (0.9, 0.0), (0.0, 0.01), (1e-46, 0.0)] {
             host_path_matches_the_tensor_ops(|p, host| {
                 let mut o = SgdMomentum::new(p, 0.05, momentum, weight_decay)?;
                 o.host_path = host;
