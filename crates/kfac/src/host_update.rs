@@ -79,6 +79,32 @@ fn affine(x: f32, mul: f32, add: f32) -> f32 {
     x * mul + add
 }
 
+/// The parameter's values (mutable) and the gradient's, as the `f32` slices their layouts
+/// describe; an error naming the op when either is not `f32`, not contiguous, or their lengths
+/// differ.
+fn f32_slices<'a>(
+    op: &str,
+    (dst, dst_l): (&'a mut CpuStorage, &Layout),
+    (src, src_l): (&'a CpuStorage, &Layout),
+) -> candle_core::Result<(&'a mut [f32], &'a [f32])> {
+    let (CpuStorage::F32(w), CpuStorage::F32(g)) = (dst, src) else {
+        candle_core::bail!("{op}: the parameter and its gradient must be f32");
+    };
+    let (Some((w0, w1)), Some((g0, g1))) = (dst_l.contiguous_offsets(), src_l.contiguous_offsets())
+    else {
+        candle_core::bail!("{op}: the parameter and its gradient must be contiguous");
+    };
+    let (w, g) = (&mut w[w0..w1], &g[g0..g1]);
+    if w.len() != g.len() {
+        candle_core::bail!(
+            "{op}: {} parameter values, {} gradient values",
+            w.len(),
+            g.len()
+        );
+    }
+    Ok((w, g))
+}
+
 /// The in-place op: the parameter is the destination, the gradient the one source; the moments
 /// are borrowed for the op's lifetime (`None`: the first step, which creates them).
 struct AdamWInPlace<'a> {
@@ -98,22 +124,7 @@ impl InplaceOp2 for AdamWInPlace<'_> {
         src: &CpuStorage,
         src_l: &Layout,
     ) -> candle_core::Result<()> {
-        let (CpuStorage::F32(w), CpuStorage::F32(g)) = (dst, src) else {
-            candle_core::bail!("adamw-in-place: the parameter and its gradient must be f32");
-        };
-        let (Some((w0, w1)), Some((g0, g1))) =
-            (dst_l.contiguous_offsets(), src_l.contiguous_offsets())
-        else {
-            candle_core::bail!("adamw-in-place: the parameter and its gradient must be contiguous");
-        };
-        let (w, g) = (&mut w[w0..w1], &g[g0..g1]);
-        if w.len() != g.len() {
-            candle_core::bail!(
-                "adamw-in-place: {} parameter values, {} gradient values",
-                w.len(),
-                g.len()
-            );
-        }
+        let (w, g) = f32_slices(self.name(), (dst, dst_l), (src, src_l))?;
         let s = self.s;
         let (b1, ob1) = s.beta1;
         let (b2, ob2) = s.beta2;
@@ -180,24 +191,7 @@ impl InplaceOp2 for SgdInPlace<'_> {
         src: &CpuStorage,
         src_l: &Layout,
     ) -> candle_core::Result<()> {
-        let (CpuStorage::F32(w), CpuStorage::F32(g)) = (dst, src) else {
-            candle_core::bail!("sgd-momentum-in-place: the parameter and its gradient must be f32");
-        };
-        let (Some((w0, w1)), Some((g0, g1))) =
-            (dst_l.contiguous_offsets(), src_l.contiguous_offsets())
-        else {
-            candle_core::bail!(
-                "sgd-momentum-in-place: the parameter and its gradient must be contiguous"
-            );
-        };
-        let (w, g) = (&mut w[w0..w1], &g[g0..g1]);
-        if w.len() != g.len() {
-            candle_core::bail!(
-                "sgd-momentum-in-place: {} parameter values, {} gradient values",
-                w.len(),
-                g.len()
-            );
-        }
+        let (w, g) = f32_slices(self.name(), (dst, dst_l), (src, src_l))?;
         let mut slot = self.buffer.borrow_mut();
         // The tensor path replaces the buffer by the gradient on the first step and without
         // momentum, and accumulates into it otherwise.
