@@ -150,7 +150,7 @@ fn check(ok: bool, name: &'static str, value: f64, hint: &'static str) -> Result
 /// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`, `θ ← θ(1 − ηλ) − (η/c₁)·m / (√v/√c₂ + ε)`.
 ///
 /// `f32` parameters in CPU memory take one in-place pass over host buffers
-/// ([`crate::host_update`]) with bit-identical results; every other dtype and device takes
+/// (the crate's `host_update.rs`) with bit-identical results; every other dtype and device takes
 /// candle tensor ops.
 #[derive(Debug)]
 pub struct AdamW {
@@ -304,7 +304,7 @@ impl Optimizer for AdamW {
 /// `θ ← θ − ηb`.
 ///
 /// `f32` parameters in CPU memory take one in-place pass over host buffers
-/// ([`crate::host_update`]) with bit-identical results; every other dtype and device takes
+/// (the crate's `host_update.rs`) with bit-identical results; every other dtype and device takes
 /// candle tensor ops.
 #[derive(Debug)]
 pub struct SgdMomentum {
