@@ -11,7 +11,7 @@ use crate::error::{KfacError, Result};
 use crate::factors::{fold, frobenius, CaptureDims, WeightSharing};
 use crate::linear_op::{gemm_into, MatrixView};
 use crate::tracked::LayerCapture;
-use crate::vector::{axpy, axpy_square_norm, xpby};
+use crate::vector::{all_finite, axpy, axpy_square_norm, dot, xpby};
 
 /// A layer's folded gradient or update `[∇W ∇b]` (`m × k`): on the host for `f32` CPU layers,
 /// a tensor otherwise.
@@ -251,8 +251,6 @@ pub(crate) fn batch_factors(
     }))
 }
 
-pub(crate) use crate::vector::{all_finite, dot};
-
 /// `Ok` when two CG vectors have one length, the error a tensor op would give otherwise (the
 /// kernels alone would work on the common prefix and drop the rest silently).
 fn same_len(a: &[f32], b: &[f32]) -> Result<()> {
@@ -480,34 +478,6 @@ mod tests {
             a.add_scaled_square_norm(1.0, &vec![1.0f32; 5]).unwrap(),
             20.0
         );
-    }
-
-    #[test]
-    fn dot_and_finiteness_on_every_length() {
-        for n in [0usize, 1, 7, 8, 9, 33] {
-            let x: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
-            let y: Vec<f32> = (0..n).map(|i| 1.0 / (1.0 + i as f32)).collect();
-            let want: f64 = x
-                .iter()
-                .zip(&y)
-                .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                .sum();
-            assert!(
-                (dot(&x, &y) - want).abs() <= 1e-12 * want.abs().max(1.0),
-                "n = {n}"
-            );
-            assert!(all_finite(&x), "n = {n}");
-            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-                for at in [0, n / 2, n.saturating_sub(1)] {
-                    if n == 0 {
-                        continue;
-                    }
-                    let mut z = x.clone();
-                    z[at] = bad;
-                    assert!(!all_finite(&z), "n = {n}, {bad} at {at}");
-                }
-            }
-        }
     }
 
     /// The host factors equal the tensor path's (`CurvatureRows`, in `f64` as the reference) in

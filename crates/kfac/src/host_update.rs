@@ -3,8 +3,9 @@
 //! the momentum buffer kept as `Vec<f32>`.
 //!
 //! The tensor path ([`crate::optim::AdamW`], [`crate::optim::SgdMomentum`] on any other dtype or
-//! device) costs about twelve (AdamW) or four (SGD) candle ops per parameter tensor, each a kernel launch and an allocation; on W1 (72 tensors)
-//! that was about 7 % of an AdamW step (docs/BENCHMARKS.md). This pass rounds every operation as
+//! device) costs about twelve (AdamW) or four (SGD) candle ops per parameter tensor, each a kernel
+//! launch and an allocation; on W1 (72 tensors) that was about 7 % of an AdamW step
+//! (docs/BENCHMARKS.md). This pass rounds every operation as
 //! those ops do — candle's `x * f64` and `x / f64` are `affine(mul, 0)` and `x + f64` is
 //! `affine(1, add)`, each `x·mul + add` in the element type with the scalars cast to it — so both
 //! paths give bit-identical parameters and states (tested in [`crate::optim`]).

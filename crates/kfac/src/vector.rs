@@ -190,11 +190,15 @@ mod tests {
 
             assert!(all_finite(&x));
             for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-                if n > 0 {
+                if n == 0 {
+                    continue;
+                }
+                // In the first lane block, the middle and the tail.
+                for at in [0, n / 2, n - 1] {
                     let mut z = x.clone();
-                    z[n - 1] = bad;
-                    assert!(!all_finite(&z), "n={n} {bad}");
-                    assert!(!all_finite_body(&z));
+                    z[at] = bad;
+                    assert!(!all_finite(&z), "n={n} {bad} at {at}");
+                    assert!(!all_finite_body(&z), "n={n} {bad} at {at}");
                 }
             }
         }
